@@ -1,0 +1,50 @@
+# cast-kit: `make reproduce` and `make test` set everything up on a fresh machine.
+# PROFILE=smoke (default, CPU, minutes) | mini (CPU, hours) | paper (GPUs, real data).
+
+PYTHON ?= python3.11
+PROFILE ?= smoke
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+RESULTS := results
+
+.PHONY: setup test test-all reproduce bench lint notebooks clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## setup: create .venv and install castlib with its pinned dependencies (skipped when done)
+setup: $(STAMP)
+
+## test: the test suite, notebooks included (papermill, smoke profile); slow tests excluded
+test: setup
+	$(PY) -m pytest -q -m "not slow"
+
+## test-all: every test, slow ones too
+test-all: setup
+	$(PY) -m pytest -q
+
+## reproduce: data, splits, every notebook in order (papermill), tables and figures under results/
+reproduce: setup
+	$(PY) -m castlib prepare --profile $(PROFILE) --dataset cityscapes
+	$(PY) -m castlib prepare --profile $(PROFILE) --dataset ade20k
+	$(PY) -m castlib notebooks --profile $(PROFILE) --out $(RESULTS)/notebooks $(NOTEBOOKS)
+
+## bench: speed and memory benchmarks; ratios written to results/benchmarks/
+bench: setup
+	$(PY) -m benchmarks --out $(RESULTS)/benchmarks
+
+## lint: ruff over the package, tests, benchmarks and notebooks
+lint: setup
+	$(PY) -m ruff check castlib tests benchmarks notebooks
+
+## notebooks: pair notebooks/NN_*.py (the reviewed source) with their .ipynb (jupytext --sync)
+notebooks: setup
+	$(PY) -m jupytext --sync $(NOTEBOOKS)
+
+clean:
+	rm -rf $(VENV) data $(RESULTS)/notebooks

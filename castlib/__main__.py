@@ -1,0 +1,97 @@
+"""Command line: ``python -m castlib <command> ...`` (``--help`` on each command)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from castlib.errors import CastError
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--profile``, ``--dataset``, ``--data-root`` and repeated ``--set key=value``."""
+    parser.add_argument("--profile", "-p", default="smoke", help="smoke | mini | paper, or a YAML file")
+    parser.add_argument("--dataset", choices=["cityscapes", "ade20k"], help="overrides data.dataset")
+    parser.add_argument("--data-root", help="a real dataset root (overrides data.root)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set train.lr=1e-4 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace):
+    from castlib.config import load_config
+
+    overrides = list(args.overrides)
+    if args.dataset:
+        overrides.append(f"data.dataset={args.dataset}")
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    return load_config(args.profile, overrides)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from castlib.data.synthetic import SyntheticSpec, generate
+
+    spec = SyntheticSpec(args.format, args.train, args.val, args.height, args.width, args.seed)
+    root = generate(spec, args.out, progress=True)
+    print(f"synthetic {args.format} set: {root} ({args.train} train / {args.val} val images)")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from castlib.data.loaders import make_splits, prepare_data
+
+    cfg = config_from_args(args)
+    print(f"data: {prepare_data(cfg, progress=True)}")
+    for path in make_splits(cfg):
+        print(f"split: {path} ({len(path.read_text().splitlines())} image ids)")
+
+
+def cmd_notebooks(args: argparse.Namespace) -> None:
+    from castlib.notebooks import notebook_sources, run_notebook
+
+    for source in args.sources or notebook_sources():
+        print(f"running {source} (profile {args.profile}) ...", flush=True)
+        print(f"  -> {run_notebook(source, args.out, profile=args.profile)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m castlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic set in the Cityscapes or ADE20K format")
+    p.add_argument("--format", required=True, choices=["cityscapes", "ade20k"])
+    p.add_argument("--out", required=True, help="output folder (the dataset root)")
+    p.add_argument("--train", type=int, default=40)
+    p.add_argument("--val", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=128, help="Cityscapes image height; ADE20K shorter side")
+    p.add_argument("--width", type=int, default=256, help="Cityscapes image width (ADE20K: unused)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("split", help="write the labelled/unlabelled split files of a profile's dataset")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("prepare", help="make a profile's dataset ready: synthetic set (if any) and splits")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_prepare)
+    p = sub.add_parser("notebooks", help="run notebooks headless (papermill) from their .py sources")
+    p.add_argument("sources", nargs="*", help="notebooks/NN_*.py files (default: all, in order)")
+    p.add_argument("--profile", "-p", default="smoke")
+    p.add_argument("--out", default="results/notebooks", help="folder for executed notebooks and outputs")
+    p.set_defaults(func=cmd_notebooks)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CastError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Joint image/mask augmentation with ``torchvision.transforms.v2`` (DESIGN section 5).
+
+The weak view is geometric: random resize (shorter side drawn from a range), random crop (padded
+when the image is smaller) and horizontal flip, applied to the image and its masks together.
+The strong view is the weak view plus photometric-only transforms (colour jitter 0.4/0.4/0.4/0.1,
+grayscale p 0.2, Gaussian blur k5 sigma 0.1-2; supplementary Table 2 "Strong: jitter, grayscale,
+blur"), so pixel p of one view is pixel p of the other: the positive pair of L_pxl.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from castlib.data.sample import InstanceSample
+
+
+def _drop_empty(masks: torch.Tensor, labels: torch.Tensor) -> tuple[tv_tensors.Mask, torch.Tensor]:
+    masks = masks.as_subclass(torch.Tensor).bool()
+    keep = masks.flatten(1).any(1)
+    return tv_tensors.Mask(masks[keep]), labels[keep]
+
+
+def _float(image: torch.Tensor) -> tv_tensors.Image:
+    return tv_tensors.Image(v2.functional.to_dtype(image, torch.float32, scale=True))
+
+
+def geometric_transform(crop: tuple[int, int], short_side: tuple[int, int], hflip: float) -> v2.Transform:
+    """Random resize of the shorter side to ``[short_side[0], short_side[1]]``, crop, flip."""
+    return v2.Compose([
+        v2.RandomResize(short_side[0], short_side[1] + 1, antialias=True),
+        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 0}),
+        v2.RandomHorizontalFlip(hflip),
+    ])
+
+
+def photometric_transform(options: Mapping) -> v2.Transform:
+    """Colour jitter, random grayscale and Gaussian blur: pixel-wise or local, never geometric."""
+    jitter = v2.ColorJitter(options["brightness"], options["contrast"], options["saturation"], options["hue"])
+    blur = v2.GaussianBlur(options["blur_kernel"], tuple(options["blur_sigma"]))
+    return v2.Compose([
+        v2.RandomApply([jitter], p=options["jitter_p"]),
+        v2.RandomGrayscale(options["grayscale"]),
+        v2.RandomApply([blur], p=options["blur_p"]),
+    ])
+
+
+class TrainViews:
+    """Weak view of image and masks, plus (``strong=True``) the strong view of the same pixels."""
+
+    def __init__(self, crop, short_side, hflip: float, strong_options: Mapping | None):
+        self.geometric = geometric_transform(tuple(crop), tuple(short_side), hflip)
+        self.photometric = photometric_transform(strong_options) if strong_options is not None else None
+
+    def __call__(self, sample: InstanceSample) -> InstanceSample:
+        image, masks = self.geometric(sample.image, tv_tensors.Mask(sample.masks.to(torch.uint8)))
+        masks, labels = _drop_empty(masks, sample.labels)
+        image = _float(image)
+        strong = self.photometric(image) if self.photometric is not None else None
+        return sample.replace(image=image, masks=masks, labels=labels, strong=strong)
+
+
+class EvalView:
+    """No augmentation: the image as float in ``[0, 1]``, optionally resized (shorter side)."""
+
+    def __init__(self, short_side: int | None = None):
+        self.resize = v2.Resize(short_side, antialias=True) if short_side else None
+
+    def __call__(self, sample: InstanceSample) -> InstanceSample:
+        image, masks = sample.image, sample.masks
+        if self.resize is not None:
+            image, masks = self.resize(image, tv_tensors.Mask(masks.to(torch.uint8)))
+            masks = tv_tensors.Mask(masks.bool())
+        return sample.replace(image=_float(image), masks=masks)
+
+
+def train_views(augment: Mapping, strong: bool = True) -> TrainViews:
+    """The training views from the ``augment`` section of a config."""
+    return TrainViews(augment["crop"], augment["short_side"], augment["hflip"],
+                      augment["strong"] if strong else None)

@@ -1,0 +1,29 @@
+"""Errors that name the file and the problem, so bad input never ends in a bare stack trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CastError(Exception):
+    """Base class of the kit's own errors."""
+
+
+class DataError(CastError, ValueError):
+    """A dataset file is missing or malformed. The message starts with the offending path."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(CastError, ValueError):
+    """A configuration file has an unknown key, a wrong type or a bad value."""
+
+    def __init__(self, path: str | Path | None, key: str, problem: str):
+        self.path = None if path is None else Path(path)
+        self.key = key
+        self.problem = problem
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}key '{key}': {problem}")

@@ -1,0 +1,41 @@
+"""Run the numbered notebooks headless with papermill, from their jupytext ``.py`` sources.
+
+The ``.py`` (percent format) is the reviewed source, so it is what runs: jupytext reads it into
+a notebook, papermill injects the ``parameters`` and executes it, and the executed copy is
+written beside the notebook's own outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jupytext
+import papermill
+
+from castlib.config import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def notebook_sources() -> list[Path]:
+    """``notebooks/NN_*.py`` in order."""
+    return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def run_notebook(source: str | Path, out_dir: str | Path, **parameters: Any) -> Path:
+    """Execute one notebook; it writes its outputs to ``out_dir/<name>/``; returns the executed copy."""
+    source = Path(source)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / f"{source.stem}.ipynb"
+    notebook = jupytext.read(source)
+    parameters = {"output_dir": str(out_dir / source.stem), **parameters}
+    papermill.execute_notebook(notebook, str(executed), parameters=parameters, cwd=str(REPO_ROOT),
+                               kernel_name="python3", progress_bar=False)
+    return executed
+
+
+def run_notebooks(sources: Iterable[str | Path], out_dir: str | Path, **parameters: Any) -> list[Path]:
+    return [run_notebook(s, out_dir, **parameters) for s in sources]

@@ -1,0 +1,69 @@
+"""Tables as pandas DataFrames (notebooks show them; ``make reproduce`` writes csv and markdown)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from castlib.config import Config
+from castlib.data.datasets import InstanceDataset
+from castlib.data.loaders import dataset_name, read_split_ids, split_files
+from castlib.data.splits import ade20k_split_sizes, round_half_up
+from castlib.io import write_text_atomic
+from castlib.paper import TABLE1_SPLITS
+
+
+def split_table(cfg: Config, train_size: int) -> pd.DataFrame:
+    """The split files of a config beside what supplementary Table 1 asks for a train set this size."""
+    dataset = cfg.data.dataset
+    rows = []
+    fractions = cfg.data.label_fractions if dataset == "cityscapes" else [None]
+    for fraction in fractions:
+        labelled = read_split_ids(cfg, "labelled", fraction)
+        unlabelled = read_split_ids(cfg, "unlabelled", fraction)
+        if dataset == "cityscapes":
+            target = (round_half_up(fraction * train_size), train_size - round_half_up(fraction * train_size))
+        else:
+            target = ade20k_split_sizes(train_size)
+        rows.append({
+            "dataset": dataset_name(cfg),
+            "split": split_files(cfg, fraction)[0].name.replace("_labelled.txt", ""),
+            "train images": train_size,
+            "labelled": len(labelled),
+            "unlabelled": len(unlabelled),
+            "target (Table 1 proportions)": f"{target[0]} / {target[1]}",
+            "paper (Table 1)": (f"{TABLE1_SPLITS[dataset]['labelled']} / {TABLE1_SPLITS[dataset]['unlabelled']}"
+                                if fraction in (None, 0.10) else "-"),
+        })
+    return pd.DataFrame(rows)
+
+
+def class_statistics(dataset: InstanceDataset) -> pd.DataFrame:
+    """Per class: images containing it, instances, and median instance area (pixels)."""
+    names = dataset.classes.names
+    images, instances, areas = np.zeros(len(names), int), np.zeros(len(names), int), [[] for _ in names]
+    for image_id in dataset.image_ids:
+        masks, labels = dataset.decode(dataset.annotation_path(image_id))
+        for c in set(labels.tolist()):
+            images[c] += 1
+        for c, m in zip(labels.tolist(), masks, strict=True):
+            instances[c] += 1
+            areas[c].append(int(m.sum()))
+    table = pd.DataFrame({
+        "class": names,
+        "images": images,
+        "instances": instances,
+        "median area (px)": [int(np.median(a)) if a else 0 for a in areas],
+    })
+    return table[table.instances > 0].sort_values("instances", ascending=False).reset_index(drop=True)
+
+
+def write_table(table: pd.DataFrame, stem: str | Path, caption: str = "") -> tuple[Path, Path]:
+    """``stem.csv`` and ``stem.md`` (with an optional caption line), both atomic."""
+    stem = Path(stem)
+    csv = write_text_atomic(stem.with_suffix(".csv"), table.to_csv(index=False))
+    md_text = (f"{caption}\n\n" if caption else "") + table.to_markdown(index=False) + "\n"
+    md = write_text_atomic(stem.with_suffix(".md"), md_text)
+    return csv, md
