@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network here: never wait on the hub client
+
 import pytest
 import torch
 
