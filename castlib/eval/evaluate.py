@@ -34,7 +34,7 @@ from castlib.errors import ConfigError, EvaluationError
 from castlib.eval.cityscapes import cityscapes_mask_ap, write_cityscapes_prediction
 from castlib.eval.coco import coco_mask_ap, coco_results
 from castlib.eval.ground_truth import GroundTruth
-from castlib.eval.inference import Prediction, instance_inference
+from castlib.eval.inference import Prediction, instance_inference, model_device
 from castlib.io import write_json_atomic
 
 METRICS_FILE = "metrics.json"
@@ -123,11 +123,6 @@ def evaluate_predictions(
     return score(gt, out_dir, table_metric, {"num_predictions": len(writer.results)})
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 def evaluate_model(
     model: nn.Module,
     dataset: InstanceDataset,
@@ -151,7 +146,7 @@ def evaluate_model(
     writer = PredictionWriter(gt, out_dir)
     images_only = _without_annotations(dataset)
     loader = make_loader(images_only, batch_size, seed=0, shuffle=False, num_workers=num_workers, drop_last=False)
-    device, was_training = _device_of(model), model.training
+    device, was_training = model_device(model), model.training
     model.eval()
     try:
         with torch.inference_mode():

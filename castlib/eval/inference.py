@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from castlib.models.output import SegmentationOutput
 
@@ -36,6 +37,12 @@ class Prediction:
     @property
     def size(self) -> tuple[int, int]:
         return int(self.masks.shape[-2]), int(self.masks.shape[-1])
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model's parameters live (CPU for a model without parameters)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def instance_inference(
