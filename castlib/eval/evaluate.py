@@ -28,6 +28,7 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
+from castlib.config import Config
 from castlib.data.datasets import InstanceDataset
 from castlib.data.loaders import make_loader
 from castlib.errors import ConfigError, EvaluationError
@@ -121,6 +122,12 @@ def evaluate_predictions(
         writer.add(image_id, prediction)
     writer.close()
     return score(gt, out_dir, table_metric, {"num_predictions": len(writer.results)})
+
+
+def eval_options(cfg: Config) -> dict:
+    """:func:`evaluate_model`'s keyword arguments from a config (``eval`` section, ``data.num_workers``)."""
+    return {"top_k": cfg.eval.top_k, "batch_size": cfg.eval.batch_size, "num_workers": cfg.data.num_workers,
+            "table_metric": cfg.eval.table_metric[cfg.data.dataset]}
 
 
 def evaluate_model(
