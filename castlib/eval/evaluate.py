@@ -86,6 +86,18 @@ class PredictionWriter:
             os.replace(self.cityscapes_dir, final)
 
 
+def resolve_table_metric(gt: GroundTruth, table_metric: str | None) -> str:
+    """The metric the tables print: as given (checked), else the official one on Cityscapes and COCO elsewhere."""
+    official = gt.has_cityscapes_files
+    table_metric = table_metric or ("cityscapes" if official else "coco")
+    if table_metric not in TABLE_METRICS:
+        raise ConfigError(None, "eval.table_metric", f"unknown metric {table_metric!r}; use one of {TABLE_METRICS}")
+    if table_metric == "cityscapes" and not official:
+        raise ConfigError(None, "eval.table_metric", f"'cityscapes' needs Cityscapes gtFine files; the {gt.source} "
+                                                     "has none (use 'coco')")
+    return table_metric
+
+
 def score(gt: GroundTruth, out_dir: str | Path, table_metric: str | None = None, info: Mapping | None = None) -> dict:
     """Both metrics from the files a :class:`PredictionWriter` wrote into ``out_dir``; writes ``metrics.json``.
 
@@ -94,13 +106,8 @@ def score(gt: GroundTruth, out_dir: str | Path, table_metric: str | None = None,
     one where it applies, else COCO.
     """
     out_dir = Path(out_dir)
+    table_metric = resolve_table_metric(gt, table_metric)
     official = gt.has_cityscapes_files
-    table_metric = table_metric or ("cityscapes" if official else "coco")
-    if table_metric not in TABLE_METRICS:
-        raise ConfigError(None, "eval.table_metric", f"unknown metric {table_metric!r}; use one of {TABLE_METRICS}")
-    if table_metric == "cityscapes" and not official:
-        raise ConfigError(None, "eval.table_metric", f"'cityscapes' needs Cityscapes gtFine files; the {gt.source} "
-                                                     "has none (use 'coco')")
     metrics = {"dataset": gt.classes.dataset, "ground_truth": gt.source, "num_images": len(gt.image_ids),
                "coco": coco_mask_ap(gt, out_dir / COCO_RESULTS_FILE), **(info or {})}
     if official:
@@ -117,6 +124,7 @@ def evaluate_predictions(
     table_metric: str | None = None,
 ) -> dict:
     """Score ``{image_id: Prediction}`` (one per ground-truth image) with both metrics; see :func:`score`."""
+    table_metric = resolve_table_metric(gt, table_metric)
     writer = PredictionWriter(gt, out_dir)
     for image_id, prediction in predictions.items():
         writer.add(image_id, prediction)
@@ -150,6 +158,7 @@ def evaluate_model(
     are brought back to the size of the ground truth, which is read from the dataset's own files.
     """
     gt = GroundTruth.from_dataset(dataset)
+    table_metric = resolve_table_metric(gt, table_metric)
     writer = PredictionWriter(gt, out_dir)
     images_only = _without_annotations(dataset)
     loader = make_loader(images_only, batch_size, seed=0, shuffle=False, num_workers=num_workers, drop_last=False)
