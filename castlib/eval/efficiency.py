@@ -23,7 +23,7 @@ import platform
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -187,16 +187,10 @@ def measure_efficiency(
 def efficiency_table(records: Sequence[EfficiencyRecord]) -> pd.DataFrame:
     """One row per model in Fig. 2's units (params in M, GFLOPs, ms, FPS, MB) with its setting;
     ``.T`` puts the models side by side as columns."""
-    rows = []
-    for r in records:
-        row = asdict(r)
-        rows.append({
-            "model": row.pop("model"),
-            "params_M": row.pop("params") / 1e6,
-            "GFLOPs": row.pop("flops") / 1e9,
-            **row,
-        })
-    return pd.DataFrame(rows).set_index("model")
+    settings = [f.name for f in fields(EfficiencyRecord) if f.name not in ("model", "params", "flops")]
+    rows = [{"model": r.model, "params_M": r.params / 1e6, "GFLOPs": r.flops / 1e9,
+             **{name: getattr(r, name) for name in settings}} for r in records]
+    return pd.DataFrame(rows, columns=["model", "params_M", "GFLOPs", *settings]).set_index("model")
 
 
 def compare_efficiency(models: Mapping[str, nn.Module], **settings) -> pd.DataFrame:
