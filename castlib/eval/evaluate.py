@@ -46,20 +46,21 @@ TABLE_METRICS = ("cityscapes", "coco")
 
 
 class PredictionWriter:
-    """Takes one :class:`Prediction` per ground-truth image, checks it, and writes it in both formats.
+    """Takes one :class:`Prediction` per ground-truth image, checks it, and writes it as COCO results and,
+    where the ground truth has Cityscapes gtFine files, in the official Cityscapes format.
 
     COCO results accumulate in memory as RLE (small); Cityscapes masks go to disk at once, so a
     whole validation set never sits in memory. :meth:`close` checks that every image was predicted
     and writes the files.
     """
 
-    def __init__(self, gt: GroundTruth, out_dir: str | Path, cityscapes: bool | None = None):
+    def __init__(self, gt: GroundTruth, out_dir: str | Path):
         self.gt = gt
         self.out_dir = Path(out_dir)
         self.results: list[dict] = []
         self.seen: set[str] = set()
         self.cityscapes_dir: Path | None = None
-        if gt.has_cityscapes_files if cityscapes is None else cityscapes:
+        if gt.has_cityscapes_files:
             self.cityscapes_dir = self.out_dir / f".{CITYSCAPES_PREDICTIONS_DIR}.partial"
             shutil.rmtree(self.cityscapes_dir, ignore_errors=True)
             self.cityscapes_dir.mkdir(parents=True)
