@@ -61,7 +61,7 @@ def test_a_missing_or_incomplete_upstream_run_is_named(tmp_path):
 
 def _toy_optimizer(lr=1.0):
     model = nn.Linear(3, 2)
-    return model, build_optimizer({"all": (model.named_parameters(), lr)}, weight_decay=0.01)
+    return model, build_optimizer({"all": (model.parameters(), lr)}, weight_decay=0.01)
 
 
 @pytest.mark.parametrize("t", [0, 1, 89, 90, 94, 95, 99])
@@ -126,7 +126,7 @@ def test_an_epoch_visits_every_sample_once_and_ranks_split_the_global_batch():
 def _toy_training(run, iterations, fail_at=None):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(48, 16), nn.Dropout(0.2), nn.Linear(16, 1))
-    opt = build_optimizer({"all": (model.named_parameters(), 1e-2)}, weight_decay=0.01)
+    opt = build_optimizer({"all": (model.parameters(), 1e-2)}, weight_decay=0.01)
     sched = build_scheduler(opt, "poly", iterations)
 
     def factory(start):

@@ -10,24 +10,24 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, MultiStepLR, PolynomialLR
 
 
-def decay_split(named_params: Iterable[tuple[str, nn.Parameter]]) -> tuple[list, list]:
+def decay_split(params: Iterable[nn.Parameter]) -> tuple[list, list]:
     """Weights (>= 2-D) get weight decay; biases, norm scales and 1-D embeddings do not."""
     decay, no_decay = [], []
-    for _, p in named_params:
+    for p in params:
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return decay, no_decay
 
 
-def build_optimizer(groups: Mapping[str, tuple[Iterable[tuple[str, nn.Parameter]], float]], weight_decay: float,
+def build_optimizer(groups: Mapping[str, tuple[Iterable[nn.Parameter], float]], weight_decay: float,
                     betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW over named parameter groups ``{"encoder": (named_params, lr), ...}``.
+    """AdamW over parameter groups with their learning rates, ``{"encoder": (params, lr), ...}``.
 
     Each group is split into decayed and non-decayed parameters; ``param_group["name"]`` keeps the
-    group's name for logging (``lr/encoder``)."""
+    group's name for logging (``lr/encoder``). Groups without trainable parameters are skipped."""
     param_groups = []
-    for name, (named_params, lr) in groups.items():
-        decay, no_decay = decay_split(named_params)
+    for name, (params, lr) in groups.items():
+        decay, no_decay = decay_split(params)
         if decay:
             param_groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": name})
         if no_decay:
