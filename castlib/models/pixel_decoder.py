@@ -4,7 +4,8 @@ Built from Depth Anything's DPT modules in ``transformers``: for a ViT encoder, 
 (``DepthAnythingReassembleLayer``: 1x1 projection to ``reassemble_channels``, then x4 / x2 / x1 / x0.5
 resampling, the prototype's res2..res5); for every encoder, 3x3 "scratch" convolutions to
 ``fusion_hidden_size`` channels and the RefineNet-style top-down ``DepthAnythingFeatureFusionStage``, which is
-size-aware (odd patch grids keep their exact shapes, pitfall D3). A CNN encoder's four stages are already a
+size-aware (odd patch grids keep their exact shapes, pitfall D3); the residual unit of its first layer, which
+never receives an input, is removed so that every parameter trains. A CNN encoder's four stages are already a
 pyramid and go straight to the scratch convolutions.
 
 The four fused maps (coarse to fine) feed Mask2Former: the three coarsest are the masked-attention decoder's
@@ -51,6 +52,7 @@ class DPTPixelDecoder(nn.Module):
             )
         self.convs = nn.ModuleList(nn.Conv2d(c, fusion_hidden_size, 3, padding=1, bias=False) for c in levels)
         self.fusion_stage = DepthAnythingFeatureFusionStage(config)
+        del self.fusion_stage.layers[0].residual_layer1  # the coarsest level has no residual input: dead weights
         self.mask_projection = (
             nn.Identity() if mask_dim == fusion_hidden_size else nn.Conv2d(fusion_hidden_size, mask_dim, 1)
         )
