@@ -10,7 +10,9 @@ where the L_pxl projection heads sit. The paper's teacher is Grounding-DINO-L (M
 prototype's checkpoint) + SAM2.1-L, about 568M parameters.
 
 Which parts train during adaptation is ``model.teacher.trainable`` (default: the detector's decoder and heads
-and SAM2's mask decoder; the image and text encoders stay frozen).
+and SAM2's mask decoder; the image and text encoders stay frozen). SAM2's three extra mask heads, which serve
+``multimask_output=True`` only, form a part of their own (``segmenter.multimask_heads``): with one mask per box
+(pitfall S3) they never receive a gradient.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Teacher(SegmentationModel):
                            "detector.model.encoder_output_class_embed."),
         "segmenter.image_encoder": ("segmenter.vision_encoder.", "segmenter.no_memory_embedding"),
         "segmenter.prompt_encoder": ("segmenter.prompt_encoder.", "segmenter.shared_image_embedding."),
+        "segmenter.multimask_heads": tuple(f"segmenter.mask_decoder.output_hypernetworks_mlps.{i}." for i in (1, 2, 3)),
         "segmenter.mask_decoder": ("segmenter.mask_decoder.",),
         "projection": ("projection.",),
     }
