@@ -163,6 +163,11 @@ def test_pseudo_labels_respect_threshold_and_cap(teacher):
             assert torch.all((result["labels"] >= 0) & (result["labels"] < C))
 
 
+def test_no_box_above_the_threshold_gives_no_pseudo_labels(teacher):
+    (result,) = teacher.predict_pseudo_labels(torch.rand(1, 3, 112, 112), threshold=1.0)
+    assert result["masks"].shape == (0, 112, 112) and len(result["labels"]) == len(result["scores"]) == 0
+
+
 def test_pseudo_labels_restore_training_mode(teacher):
     teacher.train()
     teacher.predict_pseudo_labels(torch.rand(1, 3, 112, 112))

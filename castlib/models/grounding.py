@@ -92,8 +92,8 @@ class Prompt:
         names = tuple(class_names[c] for c in classes)
         self.classes = classes
         self.text = ClassList("prompt", names, tuple(classes)).prompt()
-        self.input_ids = torch.tensor(tokenizer(self.text)["input_ids"])
-        label_map = build_label_maps(torch.zeros(1, 1, max_text_len), self.input_ids[None])[0]
+        self.input_ids = torch.tensor(tokenizer(self.text)["input_ids"], device="cpu")  # moved to the images' device
+        label_map = build_label_maps(torch.zeros(1, 1, max_text_len, device="cpu"), self.input_ids[None])[0]
         if label_map.shape[0] != len(classes):
             raise ValueError(f"the prompt {self.text!r} splits into {label_map.shape[0]} phrases, not {len(classes)}; "
                              "class names must not contain '.' or '?'")

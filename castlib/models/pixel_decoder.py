@@ -36,10 +36,11 @@ class DPTPixelDecoder(nn.Module):
     ):
         super().__init__()
         levels = list(reassemble_channels) if reassemble_channels else list(in_channels)
+        factors = [int(f) if f >= 1 else f for f in reassemble_factors or [1] * len(levels)]  # x4 is a 4x4 kernel
         config = DepthAnythingConfig(
             reassemble_hidden_size=in_channels[0],
             neck_hidden_sizes=levels,
-            reassemble_factors=list(reassemble_factors) if reassemble_factors else [1] * len(levels),
+            reassemble_factors=factors,
             fusion_hidden_size=fusion_hidden_size,
         )
         self.reassemble = None

@@ -216,8 +216,9 @@ class Teacher(SegmentationModel):
         for b in range(len(images)):
             keep = out.extras["scores"][b] > threshold  # scores are sorted, so the cap keeps the best
             keep &= torch.arange(len(keep), device=keep.device) < max_instances
-            masks = F.interpolate(out.mask_logits[b, keep][None], size=(height, width), mode="bilinear",
-                                  align_corners=False)[0] > 0
+            logits = out.mask_logits[b, keep]
+            masks = logits.new_zeros(0, height, width, dtype=torch.bool) if not len(logits) else F.interpolate(
+                logits[None], size=(height, width), mode="bilinear", align_corners=False)[0] > 0
             claimed = masks.new_zeros(height, width)
             for k in range(len(masks)):
                 masks[k] &= ~claimed
