@@ -9,5 +9,7 @@ from castlib.models.build import MODELS, build_model
 from castlib.models.hub import PretrainedWeightsError
 from castlib.models.output import SegmentationOutput
 from castlib.models.student import Student
+from castlib.models.teacher import Teacher
 
-__all__ = ["MODELS", "PretrainedWeightsError", "SegmentationModel", "SegmentationOutput", "Student", "build_model"]
+__all__ = ["MODELS", "PretrainedWeightsError", "SegmentationModel", "SegmentationOutput", "Student", "Teacher",
+           "build_model"]

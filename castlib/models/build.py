@@ -12,6 +12,7 @@ from castlib.data.classes import CLASS_LISTS
 from castlib.errors import ConfigError, DataError
 from castlib.models.base import WEIGHTS_FILE, SegmentationModel, read_meta
 from castlib.models.student import Student
+from castlib.models.teacher import Teacher
 
 MODELS = ("student", "baseline", "teacher")
 
@@ -30,8 +31,6 @@ def _construct(cfg: Config, which: str, num_classes: int, class_names: list[str]
         return Student(cfg, which, cfg.model.student_backbone, num_classes, class_names, pretrained, components)
     if which == "baseline":
         return Student(cfg, which, cfg.model.baseline_backbone, num_classes, class_names, pretrained, components)
-    from castlib.models.teacher import Teacher
-
     return Teacher(cfg, num_classes, class_names, pretrained, components, checkpoint)
 
 

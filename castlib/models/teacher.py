@@ -85,6 +85,7 @@ class Teacher(SegmentationModel):
         self.prompts = [Prompt(self.tokenizer, self.class_names, chunk, config.max_text_len)
                         for chunk in prompt_chunks(self.tokenizer, self.class_names, config.max_text_len)]
         self.detection_loss = DetectionLoss(config)
+        self.detector_resize = (spec.detector.short_side, spec.detector.max_size)
         self.loss_weights = spec.loss
         self.image_size = self.segmenter.config.prompt_encoder_config.image_size
         self.projection = ProjectionHeads(self.segmenter.config.vision_config.fpn_hidden_size,
@@ -140,11 +141,11 @@ class Teacher(SegmentationModel):
     def _detector_input(self, x: torch.Tensor) -> torch.Tensor:
         """Resize for the detector (``short_side`` / ``max_size``, as Grounding DINO's processor); boxes are
         predicted in normalised coordinates, so they need no mapping back."""
-        spec = self.settings["teacher"]["detector"]
+        short_side, max_size = self.detector_resize
         height, width = x.shape[-2:]
-        scale = spec["short_side"] / min(height, width) if spec["short_side"] else 1.0
-        if spec["max_size"]:
-            scale = min(scale, spec["max_size"] / max(height, width))
+        scale = short_side / min(height, width) if short_side else 1.0
+        if max_size:
+            scale = min(scale, max_size / max(height, width))
         if scale == 1.0:
             return x
         size = (round(height * scale), round(width * scale))
