@@ -52,20 +52,12 @@ def _median_step(step, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def student_step_s() -> float:
-    torch.manual_seed(0)
-    model = build_model(load_config("smoke"), "student", C).train()
-    optimizer = torch.optim.AdamW([p for g in model.param_groups().values() for p in g], lr=1e-4)
-    images = torch.rand(2, 3, 112, 224)
-    targets = torch.rand(2, model.decoder.config.num_queries, 64, 128).round()
+def _training_step_s(model: torch.nn.Module, lr: float, loss_of_step) -> float:
+    """Median seconds of ``loss_of_step()``, backward and an AdamW step over ``model``'s trainable parameters."""
+    optimizer = torch.optim.AdamW([p for g in model.param_groups().values() for p in g], lr=lr)
 
     def step():
-        out = model(images)
-        predictions = [(out.class_logits, out.mask_logits)] + [(a["class_logits"], a["mask_logits"]) for a in out.aux]
-        loss = sum(F.cross_entropy(c.flatten(0, 1), torch.zeros(c.shape[0] * c.shape[1], dtype=torch.long))
-                   + F.binary_cross_entropy_with_logits(m, targets) for c, m in predictions)
-        strong = model.embed(model.encode(images).detach(), "strong")
-        loss = loss + (1 - (model.embed(out.features, "weak") * strong).sum(-1)).mean()
+        loss = loss_of_step()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -73,24 +65,33 @@ def student_step_s() -> float:
     return _median_step(step)
 
 
+def student_step_s() -> float:
+    torch.manual_seed(0)
+    model = build_model(load_config("smoke"), "student", C).train()
+    images = torch.rand(2, 3, 112, 224)
+    targets = torch.rand(2, model.decoder.config.num_queries, 64, 128).round()
+
+    def loss():
+        out = model(images)
+        predictions = [(out.class_logits, out.mask_logits)] + [(a["class_logits"], a["mask_logits"]) for a in out.aux]
+        total = sum(F.cross_entropy(c.flatten(0, 1), torch.zeros(c.shape[0] * c.shape[1], dtype=torch.long))
+                    + F.binary_cross_entropy_with_logits(m, targets) for c, m in predictions)
+        strong = model.embed(model.encode(images).detach(), "strong")
+        return total + (1 - (model.embed(out.features, "weak") * strong).sum(-1)).mean()
+
+    return _training_step_s(model, 1e-4, loss)
+
+
 def teacher_step_s() -> float:
     torch.manual_seed(0)
     model = build_model(load_config("smoke"), "teacher", C).train()
-    optimizer = torch.optim.AdamW([p for g in model.param_groups().values() for p in g], lr=5e-5)
     images = torch.rand(2, 3, 112, 224)
     masks = torch.zeros(4, 112, 224, dtype=torch.bool)
     for i in range(4):
         masks[i, 10 + 20 * i: 40 + 20 * i, 20 + 40 * i: 90 + 40 * i] = True
     targets = [{"masks": masks, "labels": torch.tensor([0, 2, 2, 7])},
                {"masks": masks[:2], "labels": torch.tensor([1, 0])}]
-
-    def step():
-        loss = model.supervised_loss(images, targets)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return _median_step(step)
+    return _training_step_s(model, 5e-5, lambda: model.supervised_loss(images, targets)["loss"])
 
 
 def pseudo_label_images_per_s() -> float:
