@@ -11,7 +11,7 @@ from castlib.errors import CastError
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--profile``, ``--dataset``, ``--data-root`` and repeated ``--set key=value``."""
-    parser.add_argument("--profile", "-p", default="smoke", help="smoke | mini | paper, or a YAML file")
+    parser.add_argument("--profile", "--config", "-p", default="smoke", help="smoke | mini | paper, or a YAML file")
     parser.add_argument("--dataset", choices=["cityscapes", "ade20k"], help="overrides data.dataset")
     parser.add_argument("--data-root", help="a real dataset root (overrides data.root)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -54,6 +54,46 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
         print(f"  -> {run_notebook(source, args.out, profile=args.profile)}")
 
 
+TRAIN_STAGES = ("teacher_init", "teacher_finetune", "teacher_adaptation", "pseudo_labels", "knowledge_transfer",
+                "student_refinement", "cast")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from castlib.engine import stages as S
+
+    cfg = config_from_args(args)
+    seed = args.seed
+    if args.stage == "teacher_init":
+        runs = {"teacher_init": S.teacher_init(cfg, seed)}
+    elif args.stage == "teacher_finetune":
+        runs = {"teacher_finetune": S.teacher_finetune(cfg, S.teacher_init(cfg, seed), args.variant != "finetune_only"
+                                                       and not args.no_contrastive, seed)}
+    elif args.stage in ("teacher_adaptation", "pseudo_labels", "knowledge_transfer"):
+        teacher = S.teacher_adaptation(cfg, args.variant, seed)
+        runs = {"teacher": teacher}
+        if args.stage != "teacher_adaptation":
+            runs["pseudo_labels"] = S.pseudo_labels(cfg, teacher)
+        if args.stage == "knowledge_transfer":
+            runs["student"] = S.knowledge_transfer(cfg, runs["pseudo_labels"], seed)
+    else:
+        runs = S.cast(cfg, seed, args.variant)
+    for name, run in runs.items():
+        metrics = run.metrics
+        ap = f"AP {metrics['ap']:.2f} AP50 {metrics['ap50']:.2f}" if "ap" in metrics else ""
+        print(f"{name}: run {run.id} {run.dir} {ap}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from castlib.config import load_config
+    from castlib.engine.runs import open_run
+    from castlib.engine.stages import evaluate_run
+
+    run = open_run(load_config(args.profile, [f"runs_dir={args.runs_dir}"] if args.runs_dir else []), args.run)
+    metrics = evaluate_run(run)
+    print(f"run {run.id}: AP {metrics['ap']:.2f} AP50 {metrics['ap50']:.2f} ({metrics['table_metric']}) "
+          f"-> {run.dir / 'metrics.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m castlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="make a profile's dataset ready: synthetic set (if any) and splits")
     add_config_arguments(p)
     p.set_defaults(func=cmd_prepare)
+    p = sub.add_parser("train", help="train a CAST stage (and the runs it consumes); complete runs are reused")
+    add_config_arguments(p)
+    p.add_argument("--stage", required=True, choices=TRAIN_STAGES)
+    p.add_argument("--variant", default="self_training_contrastive",
+                   choices=["finetune_only", "self_training", "self_training_contrastive"],
+                   help="teacher adaptation variant (supplementary Table 3)")
+    p.add_argument("--no-contrastive", action="store_true", help="teacher_finetune without L_pxl")
+    p.add_argument("--seed", type=int, help="overrides the config's seed")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a finished run; writes metrics.json into its folder")
+    p.add_argument("--run", required=True, help="run id (a folder under results/runs)")
+    p.add_argument("--profile", "-p", default="smoke", help="only used to find runs_dir")
+    p.add_argument("--runs-dir", help="where the runs are (default: the profile's runs_dir)")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("notebooks", help="run notebooks headless (papermill) from their .py sources")
     p.add_argument("sources", nargs="*", help="notebooks/NN_*.py files (default: all, in order)")
     p.add_argument("--profile", "-p", default="smoke")

@@ -56,11 +56,12 @@ class Config(dict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _wrap(obj: Any) -> Any:
+def as_config(obj: Any) -> Any:
+    """Nested mappings as :class:`Config` (attribute access), lists kept."""
     if isinstance(obj, Mapping):
-        return Config({k: _wrap(v) for k, v in obj.items()})
+        return Config({k: as_config(v) for k, v in obj.items()})
     if isinstance(obj, list):
-        return [_wrap(v) for v in obj]
+        return [as_config(v) for v in obj]
     return obj
 
 
@@ -177,4 +178,4 @@ def load_config(
         cfg = chosen
         for override in nested:
             cfg = merge(cfg, override, OVERRIDE_SOURCE)
-    return _wrap(cfg)
+    return as_config(cfg)

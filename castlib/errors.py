@@ -27,3 +27,13 @@ class ConfigError(CastError, ValueError):
         self.problem = problem
         where = f"{self.path}: " if self.path is not None else ""
         super().__init__(f"{where}key '{key}': {problem}")
+
+
+class EvaluationError(CastError, ValueError):
+    """Predictions that cannot be scored (no predictions at all, an image id the ground truth lacks,
+    a mask of the wrong size ...). The message starts with the offending image id or file."""
+
+    def __init__(self, where: str | Path, problem: str):
+        self.where = str(where)
+        self.problem = problem
+        super().__init__(f"{self.where}: {problem}")

@@ -24,8 +24,10 @@ def notebook_sources() -> list[Path]:
     return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 
 
-def run_notebook(source: str | Path, out_dir: str | Path, **parameters: Any) -> Path:
-    """Execute one notebook; it writes its outputs to ``out_dir/<name>/``; returns the executed copy."""
+def run_notebook(source: str | Path, out_dir: str | Path, cell_timeout: int | None = None, **parameters: Any) -> Path:
+    """Execute one notebook; it writes its outputs to ``out_dir/<name>/``; returns the executed copy.
+
+    ``cell_timeout`` (seconds) fails a cell that runs longer instead of waiting forever."""
     source = Path(source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -33,7 +35,8 @@ def run_notebook(source: str | Path, out_dir: str | Path, **parameters: Any) -> 
     notebook = jupytext.read(source)
     parameters = {"output_dir": str(out_dir / source.stem), **parameters}
     papermill.execute_notebook(notebook, str(executed), parameters=parameters, cwd=str(REPO_ROOT),
-                               kernel_name="python3", progress_bar=False)
+                               kernel_name="python3", progress_bar=False, start_timeout=120,
+                               execution_timeout=cell_timeout)
     return executed
 
 

@@ -30,7 +30,7 @@ def test_each_notebook_has_a_papermill_parameters_cell_with_the_profile(source):
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_each_notebook_runs_headless_on_the_smoke_profile(source, tmp_path):
-    executed = run_notebook(source, tmp_path, profile="smoke")
+    executed = run_notebook(source, tmp_path, cell_timeout=600, profile="smoke")
     nb = json.loads(executed.read_text())
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors

@@ -25,6 +25,7 @@ from torchvision import tv_tensors
 from castlib.data.classes import ADE20K, CITYSCAPES, ClassList, id2label
 from castlib.data.sample import InstanceSample
 from castlib.errors import DataError
+from castlib.io import save_image_atomic
 
 SPLITS = ("train", "val")
 
@@ -114,6 +115,10 @@ class InstanceDataset(Dataset, abc.ABC):
     def decode(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """Masks ``[N, H, W]`` bool and contiguous labels ``[N]`` from an annotation file."""
 
+    @abc.abstractmethod
+    def encode(self, masks: np.ndarray, labels: np.ndarray) -> Image.Image:
+        """The annotation image of non-overlapping masks ``[N, H, W]`` with contiguous ``labels``."""
+
     # Shared ------------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -140,9 +145,31 @@ class InstanceDataset(Dataset, abc.ABC):
         )
         return self.transform(sample) if self.transform is not None else sample
 
+    def write_annotation(self, root: str | Path, image_id: str, masks: np.ndarray, labels: np.ndarray) -> Path:
+        """Write an annotation in this dataset's own format under another ``root`` (pseudo-labels):
+        the ordinary reader with ``annotation_root=root`` reads it back."""
+        masks = np.asarray(masks, bool)
+        if masks.ndim != 3 or len(masks) != len(labels):
+            raise ValueError(f"{image_id}: expected masks [N, H, W] and N labels, got {masks.shape} and {len(labels)}")
+        if masks.sum(0).max(initial=0) > 1:
+            raise ValueError(f"{image_id}: masks overlap; paint them without overlap first")
+        path = self.annotation_path(image_id).relative_to(self.annotation_root)
+        return save_image_atomic(Path(root) / path, self.encode(masks, np.asarray(labels)))
+
     def image_classes(self, image_id: str) -> set[int]:
         """Contiguous labels of the instances in one image (for class-stratified splits)."""
         return set(self.decode(self.annotation_path(image_id))[1].tolist())
+
+
+def encode_ade20k(masks: np.ndarray, labels: np.ndarray, classes: ClassList) -> Image.Image:
+    """An ``annotations_instance`` RGB PNG: R = category id, G = instance id (1..255 in order), B = 0."""
+    if len(masks) > 255:
+        raise ValueError(f"{len(masks)} instances do not fit the 8-bit G channel (at most 255)")
+    rgb = np.zeros((*masks.shape[1:], 3), np.uint8)
+    for k, (mask, label) in enumerate(zip(masks, np.asarray(labels).tolist(), strict=True), start=1):
+        rgb[mask, 0] = classes.dataset_ids[label]
+        rgb[mask, 1] = k
+    return Image.fromarray(rgb)
 
 
 def _stack(masks: list[np.ndarray], labels: list[int], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -195,6 +222,16 @@ class CityscapesInstances(InstanceDataset):
             masks.append(ids == value)
             labels.append(self.classes.label_of_id(label_id))
         return _stack(masks, labels, ids.shape)
+
+    def encode(self, masks: np.ndarray, labels: np.ndarray) -> Image.Image:
+        """A 16-bit ``_instanceIds.png``: ``label_id * 1000 + k`` for the k-th instance of a class."""
+        ids = np.zeros(masks.shape[1:], np.uint16)
+        count: dict[int, int] = {}
+        for mask, label in zip(masks, labels.tolist(), strict=True):
+            label_id = self.classes.dataset_ids[label]
+            ids[mask] = label_id * 1000 + count.get(label_id, 0)
+            count[label_id] = count.get(label_id, 0) + 1
+        return Image.fromarray(ids)
 
 
 class ADE20KInstances(InstanceDataset):
@@ -254,6 +291,9 @@ class ADE20KInstances(InstanceDataset):
             masks.append(mask)
             labels.append(self.classes.label_of_id(int(cats[0])))
         return _stack(masks, labels, instance.shape)
+
+    def encode(self, masks: np.ndarray, labels: np.ndarray) -> Image.Image:
+        return encode_ade20k(masks, labels, self.classes)
 
 
 DATASETS: dict[str, type[InstanceDataset]] = {"cityscapes": CityscapesInstances, "ade20k": ADE20KInstances}

@@ -31,6 +31,7 @@ from cityscapesscripts.preparation.json2labelImg import createLabelImage
 from PIL import Image, ImageDraw
 
 from castlib.data.classes import ADE20K, CITYSCAPES
+from castlib.data.datasets import encode_ade20k
 from castlib.errors import DataError
 from castlib.io import save_image_atomic, write_json_atomic, write_text_atomic
 
@@ -452,22 +453,17 @@ def write_cityscapes_image(root: Path, split: str, index: int, spec: SyntheticSp
     return image_id
 
 
-def ade20k_instance_png(layout: Layout, index_map: np.ndarray) -> np.ndarray:
-    """R = category id (1-based), G = instance id (1..255, 0 = no instance), B = 0."""
-    out = np.zeros((*index_map.shape, 3), np.uint8)
-    next_instance = 1
+def visible_instances(layout: Layout, index_map: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:
+    """Masks ``[N, H, W]`` and contiguous labels of the instances left visible after occlusion."""
+    masks, labels = [], []
     for i, region in enumerate(layout.regions, start=1):
-        if not region.instance:
-            continue
         visible = index_map == i
-        if not visible.any():
-            continue
-        if next_instance > 255:
-            raise ValueError("more than 255 visible instances cannot be stored in the G channel")
-        out[visible, 0] = ADE20K.dataset_ids[ADE20K.names.index(region.name)]
-        out[visible, 1] = next_instance
-        next_instance += 1
-    return out
+        if region.instance and visible.any():
+            masks.append(visible)
+            labels.append(classes.names.index(region.name))
+    if not masks:
+        return np.zeros((0, *index_map.shape), bool), np.zeros(0, np.int64)
+    return np.stack(masks), np.asarray(labels, np.int64)
 
 
 def write_ade20k_image(root: Path, split: str, index: int, spec: SyntheticSpec) -> str:
@@ -475,8 +471,8 @@ def write_ade20k_image(root: Path, split: str, index: int, spec: SyntheticSpec) 
     image_id = ade20k_image_id(split, index)
     folder = "training" if split == "train" else "validation"
     save_image_atomic(root / "images" / folder / f"{image_id}.jpg", Image.fromarray(image), quality=95)
-    png = ade20k_instance_png(layout, index_map)
-    save_image_atomic(root / "annotations_instance" / folder / f"{image_id}.png", Image.fromarray(png))
+    masks, labels = visible_instances(layout, index_map, ADE20K)
+    save_image_atomic(root / "annotations_instance" / folder / f"{image_id}.png", encode_ade20k(masks, labels, ADE20K))
     return image_id
 
 

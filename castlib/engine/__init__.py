@@ -1,0 +1,1 @@
+"""The training engine: runs, deterministic batch streams, optimisation, checkpoints, the loop, stages."""

@@ -1,0 +1,76 @@
+"""The training loop: one screen, read top to bottom (STYLE: nanoGPT).
+
+A stage builds its model, optimiser, schedule and a ``step_factory``; ``train`` resumes from the
+run's last checkpoint when there is one, runs the remaining iterations, logs every loss term and
+learning rate, checkpoints atomically and returns the last logged values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from castlib.engine.checkpoint import load_checkpoint, restore, save_checkpoint
+from castlib.engine.distributed import Context, all_reduce_mean, barrier
+from castlib.engine.logs import TrainingLog
+from castlib.engine.optim import clip_gradients
+from castlib.engine.runs import Run
+
+StepFn = Callable[[int], Mapping[str, torch.Tensor]]
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    return {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if not g["name"].endswith("_no_decay")}
+
+
+def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+          iterations: int, step_factory: Callable[[int], StepFn], *, grad_clip: float | None = None,
+          checkpoint_every: int = 500, log_every: int = 10, extra_state: Mapping[str, Any] | None = None,
+          desc: str = "train") -> dict[str, float]:
+    """Run iterations ``[start, iterations)`` where ``start`` is the last checkpoint's iteration (or 0).
+
+    ``step_factory(start)`` returns ``step(iteration) -> {"loss": total, other terms...}``; only
+    ``"loss"`` is back-propagated, every entry is logged (averaged over processes under DDP).
+    """
+    extra_state = dict(extra_state or {})
+    start = 0
+    if run.checkpoint.is_file():
+        start = restore(load_checkpoint(run.checkpoint), model=model, optimizer=optimizer, scheduler=scheduler,
+                        extra=extra_state)
+    log = TrainingLog(run.dir / "log.csv", resume_from=start) if ctx.is_main else None
+    step = step_factory(start)
+    bar = tqdm(total=iterations, initial=start, desc=desc, disable=not ctx.is_main, dynamic_ncols=True,
+               mininterval=1.0)
+    values: dict[str, float] = {}
+    model.train()
+    for it in range(start, iterations):
+        lrs = learning_rates(optimizer)
+        losses = step(it)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        grad_norm = clip_gradients(model.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        values = {k: all_reduce_mean(torch.as_tensor(v, dtype=torch.float32, device=ctx.device), ctx).item()
+                  for k, v in losses.items()}
+        if grad_norm is not None:
+            values["grad_norm"] = float(grad_norm)
+        values.update(lrs)
+        bar.update(1)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+        if log is not None and ((it + 1) % log_every == 0 or it + 1 == iterations):
+            log.log(it, values)
+        if (it + 1) % checkpoint_every == 0 or it + 1 == iterations:
+            if ctx.is_main:
+                save_checkpoint(run.checkpoint, iteration=it + 1, model=model, optimizer=optimizer,
+                                scheduler=scheduler, extra=extra_state)
+                log.flush()
+            barrier(ctx)
+    bar.close()
+    if log is not None:
+        log.close()
+    return values

@@ -1,0 +1,117 @@
+"""The objective of one training step (spec 4.1) as one module:
+
+    J = L_sup(D_l) + lambda_semi L_semi(D_u) + lambda_pxl L_pxl(D_l u D_u)
+
+Everything that uses a parameter happens inside ``forward``, so DistributedDataParallel sees every
+gradient. L_sup / L_semi are the Mask2Former set criterion for the student and the teacher's own
+adaptation loss (Grounding DINO detection + SAM2 mask loss); L_pxl is
+:func:`castlib.losses.pixel_contrastive_loss` on the weak and strong views of every image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from castlib.data.sample import Batch
+from castlib.losses import MemoryBank, pixel_contrastive_loss
+from castlib.models.output import SegmentationOutput
+
+
+def targets_of(batch: Batch) -> list[dict[str, torch.Tensor]]:
+    return [{"masks": m, "labels": lab} for m, lab in zip(batch.masks, batch.labels, strict=True)]
+
+
+def take(output: SegmentationOutput, start: int, stop: int | None = None) -> SegmentationOutput:
+    """The predictions of images ``start:stop`` of a batch (aux layers included)."""
+    sl = slice(start, stop)
+    return SegmentationOutput(
+        class_logits=output.class_logits[sl],
+        mask_logits=output.mask_logits[sl],
+        features=None if output.features is None else output.features[sl],
+        aux=[{k: v[sl] for k, v in layer.items()} for layer in output.aux],
+    )
+
+
+def instance_id_map(masks: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """``[B, h*w]`` instance ids at the embedding resolution (nearest): ``k + 1`` inside instance k,
+    0 on background, as the false-negative rate of L_pxl's negatives needs (main Fig. 3)."""
+    ids = []
+    for m in masks:
+        full = torch.zeros(m.shape[-2:], dtype=torch.long, device=m.device)
+        for k in range(len(m)):
+            full[m[k]] = k + 1
+        small = F.interpolate(full[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        ids.append(small.flatten())
+    return torch.stack(ids)
+
+
+class Objective(nn.Module):
+    """One step's losses for ``model`` (student or teacher).
+
+    ``supervised``: ``"criterion"`` (the student: ``criterion(output, masks, labels)``) or ``"teacher"``
+    (``model.supervised_loss(images, targets)``). ``contrastive``: the keyword options of
+    :func:`pixel_contrastive_loss`, or None to leave L_pxl out.
+    """
+
+    def __init__(self, model: nn.Module, supervised: str, criterion: nn.Module | None = None, *,
+                 semi_weight: float = 1.0, contrastive: Mapping | None = None, contrastive_weight: float = 0.0,
+                 bank: MemoryBank | None = None):
+        super().__init__()
+        if supervised not in ("criterion", "teacher"):
+            raise ValueError(f"supervised must be 'criterion' or 'teacher', got {supervised!r}")
+        self.model = model
+        self.supervised = supervised
+        self.criterion = criterion
+        self.semi_weight = semi_weight
+        self.contrastive = dict(contrastive) if contrastive is not None else None
+        self.contrastive_weight = contrastive_weight
+        self.bank = bank
+
+    def _supervised(self, images: torch.Tensor, output: SegmentationOutput | None, batch: Batch) -> dict:
+        if self.supervised == "teacher":
+            return self.model.supervised_loss(images, targets_of(batch))
+        return self.criterion(output, batch.masks, batch.labels)
+
+    def forward(self, labelled: Batch, unlabelled: Batch | None = None) -> dict[str, torch.Tensor]:
+        parts = [labelled] if unlabelled is None else [labelled, unlabelled]
+        images = torch.cat([p.images for p in parts])
+        n = len(labelled)
+        needs_output = self.supervised == "criterion" or self.contrastive is not None
+        output = self.model(images) if needs_output else None
+        losses: dict[str, torch.Tensor] = {}
+        sup = self._supervised(images[:n], None if output is None else take(output, 0, n), labelled)
+        total = sup["loss"]
+        losses |= {f"sup/{k}": v.detach() for k, v in sup.items()}
+        if unlabelled is not None:
+            semi = self._supervised(images[n:], None if output is None else take(output, n), unlabelled)
+            total = total + self.semi_weight * semi["loss"]
+            losses |= {f"semi/{k}": v.detach() for k, v in semi.items()}
+        if self.contrastive is not None:
+            result = self._contrastive(output, torch.cat([p.strong for p in parts]),
+                                       [m for p in parts for m in p.masks])
+            total = total + self.contrastive_weight * result.loss
+            losses["pxl/loss"] = result.loss.detach()
+            losses["pxl/margin"] = result.margin.detach()
+            if result.fnr is not None:
+                losses["pxl/fnr"] = result.fnr.detach()
+        losses["loss"] = total
+        return losses
+
+    def _contrastive(self, output: SegmentationOutput, strong: torch.Tensor, masks: list[torch.Tensor]):
+        """L_pxl: anchors from the weak view, positives from the strong view's encoder pass (no gradient
+        into the encoder, DESIGN 5), negatives drawn by the debiased sampler from the model's own detached
+        predictions y = [softmax_K(M) || F_c]."""
+        features = output.features
+        z_weak = self.model.embed(features, "weak")
+        with torch.no_grad():
+            strong_features = self.model.encode(strong)
+        z_strong = self.model.embed(strong_features, "strong")
+        size = tuple(features.shape[-2:])
+        mask_logits = F.interpolate(output.mask_logits.detach().float(), size=size, mode="bilinear",
+                                    align_corners=False).flatten(2)
+        return pixel_contrastive_loss(z_weak, z_strong, mask_logits, output.class_logits.detach().float(),
+                                      instance_ids=instance_id_map(masks, size), bank=self.bank, **self.contrastive)

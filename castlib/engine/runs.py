@@ -1,0 +1,185 @@
+"""The run registry (DESIGN section 1).
+
+A run is one arrow of the pipeline: a stage, the config it reads, the ids of the runs it consumes
+and a seed. Its id is a hash of those, so asking twice for the same run finds the same folder:
+
+``results/runs/<id>/``
+    ``run.json``       what the run is (stage, inputs, seed, profile, commit, hardware)
+    ``config.yaml``    the resolved config the run was made with
+    ``checkpoints/``   ``last.pt`` (resumable training state)
+    ``log.csv``        every loss term and learning rate per logged iteration
+    ``metrics.json``   the final metrics
+    ``model/``         the final weights (``save_pretrained`` layout)
+    ``pseudo_labels/`` (pseudo-label runs) annotations in the dataset's own format
+    ``complete.json``  written last: a run with it is reused, never retrained
+
+Every file is written atomically (:mod:`castlib.io`), so a run killed at any point keeps what it
+had written and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from castlib.config import REPO_ROOT, Config, as_config
+from castlib.errors import CastError
+from castlib.io import write_json_atomic, write_text_atomic
+
+# Keys that change how a run executes but not what it computes; they stay out of the run id.
+RUNTIME_KEYS = ("device", "data.num_workers", "train.log_every", "train.checkpoint_every", "runs_dir")
+
+
+class RunError(CastError):
+    """A run folder is missing, incomplete or inconsistent. The message names the folder or file."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        super().__init__(f"{self.path}: {problem}")
+
+
+def _strip(config: Mapping, keys: tuple[str, ...]) -> dict:
+    out = json.loads(json.dumps(config, default=str))
+    for dotted in keys:
+        node = out
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    return out
+
+
+def run_id(stage: str, config: Mapping, inputs: Mapping[str, str], seed: int) -> str:
+    """12 hex digits of the SHA-256 of the canonical JSON of (stage, config, inputs, seed)."""
+    payload = {"stage": stage, "config": _strip(config, RUNTIME_KEYS), "inputs": dict(sorted(inputs.items())),
+               "seed": seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def git_commit() -> str:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return done.stdout.strip() + ("-dirty" if dirty else "") if done.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+
+
+@dataclass(frozen=True)
+class Run:
+    """A handle on ``<runs_dir>/<id>/``."""
+
+    id: str
+    dir: Path
+
+    @property
+    def info(self) -> dict:
+        return _read_json(self.dir / "run.json")
+
+    @property
+    def stage(self) -> str:
+        return self.info["stage"]
+
+    @property
+    def complete(self) -> bool:
+        return (self.dir / "complete.json").is_file()
+
+    @property
+    def metrics(self) -> dict:
+        return _read_json(self.dir / "metrics.json")
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoints" / "last.pt"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def pseudo_label_dir(self) -> Path:
+        return self.dir / "pseudo_labels"
+
+    def config(self) -> Config:
+        path = self.dir / "config.yaml"
+        if not path.is_file():
+            raise RunError(path, "missing: the run folder is incomplete")
+        return as_config(yaml.safe_load(path.read_text()))
+
+    def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
+        return write_json_atomic(self.dir / "metrics.json", dict(metrics))
+
+    def mark_complete(self, summary: Mapping[str, Any] | None = None) -> None:
+        write_json_atomic(self.dir / "complete.json", {"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                       **(summary or {})})
+
+    def require_complete(self, role: str = "input") -> Run:
+        if not (self.dir / "run.json").is_file():
+            raise RunError(self.dir, f"{role} run {self.id} does not exist (train it first)")
+        if not self.complete:
+            raise RunError(self.dir, f"{role} run {self.id} ({self.stage}) is not complete (resume it first)")
+        return self
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise RunError(path, "missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(path, f"not valid JSON ({e})") from e
+
+
+def runs_dir(cfg: Config) -> Path:
+    path = Path(cfg.get("runs_dir", "results/runs"))
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def open_run(cfg: Config, run_id_: str) -> Run:
+    """An existing run by id (``python -m castlib evaluate --run <id>``)."""
+    run = Run(run_id_, runs_dir(cfg) / run_id_)
+    if not (run.dir / "run.json").is_file():
+        raise RunError(run.dir, f"no run {run_id_} under {runs_dir(cfg)}")
+    return run
+
+
+def create_run(cfg: Config, stage: str, config: Mapping, inputs: Mapping[str, Run], seed: int,
+               write: bool = True) -> Run:
+    """The run of ``stage`` on ``config`` consuming ``inputs``; its folder and ``run.json`` are made
+    on first use (``write=False`` on non-zero distributed ranks). Inputs must be complete."""
+    for role, run in inputs.items():
+        run.require_complete(role)
+    ids = {role: run.id for role, run in inputs.items()}
+    rid = run_id(stage, config, ids, seed)
+    run = Run(rid, runs_dir(cfg) / rid)
+    info_path = run.dir / "run.json"
+    if info_path.is_file():
+        if _read_json(info_path)["stage"] != stage:
+            raise RunError(info_path, f"holds stage {_read_json(info_path)['stage']!r}, expected {stage!r}")
+        return run
+    if write:
+        write_text_atomic(run.dir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(config, default=str)),
+                                                                  sort_keys=False))
+        write_json_atomic(info_path, {
+            "id": rid, "stage": stage, "inputs": ids, "seed": seed, "profile": cfg.profile,
+            "commit": git_commit(), "hardware": hardware(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        })
+    return run

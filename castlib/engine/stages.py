@@ -1,0 +1,350 @@
+"""The CAST stages (spec 4.2; DESIGN 1) as functions a notebook calls in one line each.
+
+Every function returns a complete :class:`~castlib.engine.runs.Run`, training it first unless a
+complete run with the same stage, config, inputs and seed exists (then nothing is trained):
+
+    t0 = teacher_init(cfg)                        theta_T^0: the pretrained (zero-shot) teacher, Table 6 "T1"
+    tA = teacher_finetune(cfg, t0)                step A on D_l: L_sup + l_pxl L_pxl -> theta_T'
+    pA = pseudo_labels(cfg, tA)                   pseudo-labels on D_u from theta_T'
+    tB = teacher_self_training(cfg, t0, pA)       step B, re-initialised from theta_T^0, on D_l + D_u -> theta_T''
+    p  = pseudo_labels(cfg, tB)                   pseudo-labels on D_u from the frozen theta_T''
+    s  = knowledge_transfer(cfg, p)               student: L_sup + l_semi L_semi + l_pxl L_pxl -> theta_s*
+    r  = student_refinement(cfg, s)               labels alone: L_sup -> theta_s+
+
+``teacher_adaptation(cfg, variant)`` chains the teacher steps for the three variants of supplementary
+Table 3, and ``cast(cfg)`` the whole pipeline. Each training run ends with an evaluation on the
+validation set (``metrics.json``). Under ``torchrun`` every process calls the same functions; rank 0
+writes the files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from castlib.config import Config
+from castlib.data.classes import CLASS_LISTS
+from castlib.data.loaders import (
+    build_dataset,
+    labelled_dataset,
+    prepare_data,
+    read_split_ids,
+    unlabelled_dataset,
+    val_dataset,
+)
+from castlib.data.transforms import EvalView
+from castlib.engine import distributed as D
+from castlib.engine.batches import batch_stream
+from castlib.engine.loop import train
+from castlib.engine.objective import Objective
+from castlib.engine.optim import build_optimizer, build_scheduler
+from castlib.engine.runs import Run, RunError, create_run
+from castlib.eval import eval_options, evaluate_model
+from castlib.io import write_json_atomic
+from castlib.losses import MemoryBank, SetCriterion, contrastive_options
+from castlib.models import build_model
+
+TEACHER_VARIANTS = ("finetune_only", "self_training", "self_training_contrastive")  # supplementary Table 3
+
+# The config keys each stage reads: they alone enter its run id, so a student ablation reuses the teacher runs.
+_COMMON = ("profile", "data", "eval")
+_TEACHER_KEYS = (*_COMMON, "augment", "model.pretrained", "model.teacher", "model.projection", "loss",
+                 "train.teacher")
+_STUDENT_MODEL = ("model.pretrained", "model.student_backbone", "model.trainable", "model.backbones",
+                  "model.pixel_decoder", "model.decoder", "model.projection")
+_STUDENT_KEYS = (*_COMMON, "augment", *_STUDENT_MODEL, "loss", "train.student")
+_STAGE_KEYS = {
+    "teacher_init": (*_COMMON, "model.pretrained", "model.teacher", "model.projection"),
+    "teacher_finetune": _TEACHER_KEYS,
+    "teacher_self_training": _TEACHER_KEYS,
+    "pseudo_labels": (*_COMMON, "augment.eval_short_side", "train.pseudo_labels"),
+    "knowledge_transfer": _STUDENT_KEYS,
+    "student_refinement": (*_STUDENT_KEYS, "train.refinement"),
+}
+
+
+def stage_config(cfg: Config, stage: str, **options: Any) -> dict:
+    """The part of ``cfg`` that ``stage`` reads, plus the stage's own options (e.g. ``contrastive``)."""
+    out: dict = {}
+    for dotted in _STAGE_KEYS[stage]:
+        value, node = cfg.get_path(dotted), out
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value.to_dict() if isinstance(value, Config) else value
+    return out | ({"options": options} if options else {})
+
+
+def _num_classes(cfg: Config) -> int:
+    return len(CLASS_LISTS[cfg.data.dataset])
+
+
+def _seed(cfg: Config, seed: int | None) -> int:
+    return cfg.seed if seed is None else seed
+
+
+def _start(cfg: Config, stage: str, inputs: Mapping[str, Run], seed: int, **options: Any) -> tuple[Run, D.Context]:
+    ctx = D.init(cfg.device)
+    if ctx.is_main:
+        prepare_data(cfg)
+    D.barrier(ctx)
+    run = create_run(cfg, stage, stage_config(cfg, stage, **options), inputs, seed, write=ctx.is_main)
+    return run, ctx
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _finish(run: Run, ctx: D.Context, cfg: Config, model, summary: Mapping[str, Any]) -> Run:
+    """Rank 0 saves the final weights, evaluates them on the validation set and marks the run complete."""
+    if ctx.is_main:
+        model.save_pretrained(run.model_dir)
+        metrics = evaluate_model(model, val_dataset(cfg), run.dir / "eval", **eval_options(cfg))
+        run.write_metrics({**metrics, "train": dict(summary)})
+        run.mark_complete({"ap": metrics["ap"], "ap50": metrics["ap50"]})
+    D.barrier(ctx)
+    return run
+
+
+def load_model(cfg: Config, run: Run, which: str):
+    """The final model of a complete run (offline, from its ``model/`` folder)."""
+    return build_model(cfg, which, _num_classes(cfg), pretrained=run.require_complete().model_dir)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Teacher.
+
+def teacher_init(cfg: Config, seed: int | None = None) -> Run:
+    """theta_T^0: the teacher before adaptation (paper: the pretrained Grounding DINO + SAM2; smoke/mini: the
+    random initialisation drawn from the seed), saved and evaluated zero-shot (supplementary Table 6, T1).
+    Both adaptation steps start from these weights."""
+    seed = _seed(cfg, seed)
+    run, ctx = _start(cfg, "teacher_init", {}, seed)
+    if run.complete:
+        return run
+    _seed_everything(seed)
+    model = build_model(cfg, "teacher", _num_classes(cfg)).to(ctx.device)
+    return _finish(run, ctx, cfg, model, {"iterations": 0})
+
+
+def _teacher_training(cfg: Config, stage: str, init: Run, labels: Run | None, contrastive: bool,
+                      seed: int | None) -> Run:
+    seed = _seed(cfg, seed)
+    inputs = {"init": init} | ({"pseudo_labels": labels} if labels is not None else {})
+    run, ctx = _start(cfg, stage, inputs, seed, contrastive=contrastive)
+    if run.complete:
+        return run
+    t = cfg.train.teacher
+    iterations = t.finetune_iterations if stage == "teacher_finetune" else t.self_training_iterations
+    _seed_everything(seed)
+    model = load_model(cfg, init, "teacher").to(ctx.device)
+    return _fit(cfg, run, ctx, model, stage, "teacher", iterations, labels, contrastive, seed, section=t)
+
+
+def teacher_finetune(cfg: Config, init: Run, contrastive: bool = True, seed: int | None = None) -> Run:
+    """Step A (spec 4.2): theta_T' = argmin J(theta; D_l, {}; 0, l_pxl), from theta_T^0 on the labelled set.
+    ``contrastive=False`` is plain supervised fine-tuning (Table 3 "Fine-tuning only")."""
+    return _teacher_training(cfg, "teacher_finetune", init, None, contrastive, seed)
+
+
+def teacher_self_training(cfg: Config, init: Run, labels: Run, contrastive: bool = True,
+                          seed: int | None = None) -> Run:
+    """Step B (spec 4.2): theta_T'' = argmin J(theta; D_l, D_u; 1, l_pxl), re-initialised from theta_T^0
+    (``init``), with the pseudo-labels of ``labels`` on D_u."""
+    return _teacher_training(cfg, "teacher_self_training", init, labels, contrastive, seed)
+
+
+def teacher_adaptation(cfg: Config, variant: str = "self_training_contrastive", seed: int | None = None) -> Run:
+    """The adapted teacher of a supplementary Table 3 variant: ``finetune_only`` (step A without L_pxl),
+    ``self_training`` (A, pseudo-labels, B; without L_pxl) or ``self_training_contrastive`` (CAST)."""
+    if variant not in TEACHER_VARIANTS:
+        raise ValueError(f"unknown teacher variant {variant!r}; use one of {TEACHER_VARIANTS}")
+    contrastive = variant == "self_training_contrastive"
+    init = teacher_init(cfg, seed)
+    adapted = teacher_finetune(cfg, init, contrastive, seed)
+    if variant == "finetune_only":
+        return adapted
+    return teacher_self_training(cfg, init, pseudo_labels(cfg, adapted), contrastive, seed)
+
+
+def pseudo_labels(cfg: Config, teacher: Run) -> Run:
+    """Pseudo-labels of ``teacher`` on D_u (spec 5.2): boxes scoring above ``train.pseudo_labels.threshold``,
+    at most ``max_instances`` per image, painted without overlap, written in the dataset's own format under
+    ``<run>/pseudo_labels/`` so the ordinary loader reads them. Resumable image by image; processes share
+    the images under torchrun."""
+    run, ctx = _start(cfg, "pseudo_labels", {"teacher": teacher}, seed=0)
+    if run.complete:
+        return run
+    p = cfg.train.pseudo_labels
+    model = load_model(cfg, teacher, "teacher").to(ctx.device).eval()
+    images = build_dataset(cfg, "train", read_split_ids(cfg, "unlabelled"), load_annotations=False,
+                           transform=EvalView(cfg.augment.eval_short_side or None))
+    counts = []
+    for index in tqdm(range(ctx.rank, len(images), ctx.world), desc="pseudo-labels", disable=not ctx.is_main):
+        image_id = images.image_ids[index]
+        target = images.annotation_path(image_id).relative_to(images.annotation_root)
+        if (run.pseudo_label_dir / target).is_file():  # written by an earlier, interrupted attempt
+            continue
+        sample = images[index]
+        with torch.inference_mode():
+            found = model.predict_pseudo_labels(sample.image[None].to(ctx.device), p.threshold, p.max_instances)[0]
+        masks = _to_size(found["masks"], _original_size(sample.path))
+        keep = masks.flatten(1).any(1)
+        images.write_annotation(run.pseudo_label_dir, image_id, masks[keep].cpu().numpy(),
+                                found["labels"][keep].cpu().numpy())
+        counts.append(int(keep.sum()))
+    D.barrier(ctx)
+    if ctx.is_main:
+        summary = {"images": len(images), "instances_per_image_rank0": float(np.mean(counts)) if counts else 0.0,
+                   "threshold": p.threshold, "max_instances": p.max_instances}
+        write_json_atomic(run.dir / "metrics.json", summary)
+        run.mark_complete(summary)
+    D.barrier(ctx)
+    return run
+
+
+def _original_size(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.height, im.width
+
+
+def _to_size(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    return torch.nn.functional.interpolate(masks[None].float(), size=size, mode="nearest")[0] > 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Student.
+
+def knowledge_transfer(cfg: Config, labels: Run, seed: int | None = None) -> Run:
+    """theta_s* = argmin J(theta_s; D_l, D_u; l_semi, l_pxl) with the frozen teacher's pseudo-labels on D_u
+    (spec 4.2); the strong view's encoder pass runs without gradient."""
+    seed = _seed(cfg, seed)
+    run, ctx = _start(cfg, "knowledge_transfer", {"pseudo_labels": labels}, seed)
+    if run.complete:
+        return run
+    _seed_everything(seed)
+    model = build_model(cfg, "student", _num_classes(cfg)).to(ctx.device)
+    s = cfg.train.student
+    return _fit(cfg, run, ctx, model, "knowledge_transfer", "student", s.iterations, labels, True, seed, section=s)
+
+
+def student_refinement(cfg: Config, student: Run, seed: int | None = None) -> Run:
+    """theta_s+ = argmin J(theta; D_l, {}; 0, 0) from theta_s* (spec 4.2): labels alone, L_sup only, with the
+    student's optimiser settings (supplementary Table 2) for ``train.refinement.iterations``."""
+    seed = _seed(cfg, seed)
+    run, ctx = _start(cfg, "student_refinement", {"student": student}, seed)
+    if run.complete:
+        return run
+    _seed_everything(seed)
+    model = load_model(cfg, student, "student").to(ctx.device)
+    r = cfg.train.refinement
+    section = Config({**cfg.train.student, "batch_size": r.batch_size})
+    return _fit(cfg, run, ctx, model, "student_refinement", "student", r.iterations, None, False, seed,
+                section=section)
+
+
+def cast(cfg: Config, seed: int | None = None, variant: str = "self_training_contrastive") -> dict[str, Run]:
+    """The whole pipeline of Fig. 1 for one seed; returns the runs by name."""
+    teacher = teacher_adaptation(cfg, variant, seed)
+    labels = pseudo_labels(cfg, teacher)
+    student = knowledge_transfer(cfg, labels, seed)
+    return {"teacher": teacher, "pseudo_labels": labels, "student": student,
+            "refined": student_refinement(cfg, student, seed)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The shared fitting routine.
+
+def _optimizer(model, role: str, section: Config):
+    """Teacher: one learning rate; student: encoder and decoder rates (supplementary Table 2)."""
+    groups = model.param_groups()
+    if role == "teacher":
+        rates = {"teacher": (groups["encoder"] + groups["decoder"], section.lr)}
+    else:
+        rates = {"encoder": (groups["encoder"], section.encoder_lr), "decoder": (groups["decoder"], section.decoder_lr)}
+    return build_optimizer(rates, section.weight_decay)
+
+
+def _scheduler(optimizer, section: Config, iterations: int):
+    if section.schedule == "multistep":
+        return build_scheduler(optimizer, "multistep", iterations, milestones=section.milestones, gamma=section.gamma)
+    return build_scheduler(optimizer, section.schedule, iterations, power=section.get("power", 0.9))
+
+
+def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, iterations: int,
+         labels: Run | None, contrastive: bool, seed: int, section: Config) -> Run:
+    """Build the objective, optimiser, schedule and batch streams of a training stage, train, finish."""
+    options = contrastive_options({**cfg.loss.contrastive, **section.get("contrastive", {})})
+    bank = MemoryBank(cfg.loss.contrastive.bank_size) if contrastive and options["scope"] == "memory_bank" else None
+    criterion = None if role == "teacher" else SetCriterion.from_config(cfg.loss, _num_classes(cfg)).to(ctx.device)
+    objective = Objective(model, "teacher" if role == "teacher" else "criterion", criterion,
+                          semi_weight=section.semi_weight if labels is not None else 0.0,
+                          contrastive=options if contrastive else None,
+                          contrastive_weight=section.contrastive_weight, bank=bank)
+    network = DistributedDataParallel(objective, find_unused_parameters=True) if ctx.distributed else objective
+    optimizer = _optimizer(model, role, section)
+    scheduler = _scheduler(optimizer, section, iterations)
+    per_part = section.batch_size // 2 if labels is not None else section.batch_size
+    labelled = labelled_dataset(cfg, strong=contrastive)
+    unlabelled = None
+    if labels is not None:
+        unlabelled = unlabelled_dataset(cfg, strong=contrastive, annotation_root=labels.pseudo_label_dir)
+
+    def step_factory(start: int):
+        streams = [batch_stream(labelled, per_part, seed, start, cfg.data.num_workers, ctx.rank, ctx.world)]
+        if unlabelled is not None:
+            streams.append(batch_stream(unlabelled, per_part, seed + 1, start, cfg.data.num_workers, ctx.rank,
+                                        ctx.world))
+
+        def step(iteration: int) -> dict[str, torch.Tensor]:
+            batches = [next(s).to(ctx.device) for s in streams]
+            with D.autocast(ctx):
+                return network(*batches)
+
+        return step
+
+    summary = train(run, ctx, objective, optimizer, scheduler, iterations, step_factory,
+                    grad_clip=section.get("grad_clip", 0.0), checkpoint_every=cfg.train.checkpoint_every,
+                    log_every=cfg.train.log_every, extra_state={"bank": bank} if bank is not None else None,
+                    desc=f"{stage} {run.id}")
+    return _finish(run, ctx, cfg, model, {"iterations": iterations, **summary})
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Re-evaluation of a finished run (``python -m castlib evaluate --run <id>``).
+
+def run_config(run: Run) -> Config:
+    """The run's profile with the data, augmentation and evaluation settings it was made with."""
+    from castlib.config import load_config
+
+    stored = run.config().to_dict()
+    return load_config(run.info["profile"], {k: stored[k] for k in ("data", "augment", "eval") if k in stored})
+
+
+def evaluate_run(run: Run, cfg: Config | None = None) -> dict:
+    """Evaluate a run's final model on the validation set; ``metrics.json`` is rewritten atomically and keeps
+    the run's training summary."""
+    from castlib.models.base import read_meta
+
+    cfg = run_config(run) if cfg is None else cfg
+    if not (run.model_dir / "castlib_model.json").is_file():
+        raise RunError(run.model_dir, f"run {run.id} ({run.stage}) has no final model to evaluate")
+    meta = read_meta(run.model_dir)
+    model = build_model(cfg, meta["which"], meta["num_classes"], pretrained=run.model_dir)
+    model.to(D.resolve_device(cfg.device))
+    metrics = evaluate_model(model, val_dataset(cfg), run.dir / "eval", **eval_options(cfg))
+    previous = run.metrics if (run.dir / "metrics.json").is_file() else {}
+    run.write_metrics({**metrics, "train": previous.get("train", {})})
+    return metrics
