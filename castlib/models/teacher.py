@@ -86,7 +86,7 @@ class Teacher(SegmentationModel):
                         for chunk in prompt_chunks(self.tokenizer, self.class_names, config.max_text_len)]
         self.detection_loss = DetectionLoss(config)
         self.detector_resize = (spec.detector.short_side, spec.detector.max_size)
-        self.loss_weights = spec.loss
+        self.loss_options = spec.loss
         self.image_size = self.segmenter.config.prompt_encoder_config.image_size
         self.projection = ProjectionHeads(self.segmenter.config.vision_config.fpn_hidden_size,
                                           cfg.model.projection.hidden_dim, cfg.model.projection.dim)
@@ -245,7 +245,7 @@ class Teacher(SegmentationModel):
         boxes = [mask_boxes(t["masks"]) for t in targets]
         losses = {"loss_detection": self._detection_loss(x, targets, boxes)}
         losses |= self._mask_loss(x, targets, boxes)
-        w = self.loss_weights
+        w = self.loss_options
         losses["loss"] = (losses["loss_detection"] + w.mask_bce * losses["loss_mask_bce"]
                           + w.mask_dice * losses["loss_mask_dice"] + w.iou * losses["loss_iou"]
                           + w.object_score * losses["loss_object"])
@@ -264,7 +264,7 @@ class Teacher(SegmentationModel):
         return total
 
     def _mask_loss(self, x: torch.Tensor, targets: list[dict], boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        cap = self.loss_weights.max_instances
+        cap = self.loss_options.max_instances
         chosen = [torch.randperm(len(b), device=b.device)[:cap].sort().values for b in boxes]
         count = max(len(c) for c in chosen)
         if count == 0:
