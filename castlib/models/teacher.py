@@ -12,7 +12,9 @@ prototype's checkpoint) + SAM2.1-L, about 568M parameters.
 Which parts train during adaptation is ``model.teacher.trainable`` (default: the detector's decoder and heads
 and SAM2's mask decoder; the image and text encoders stay frozen). SAM2's three extra mask heads, which serve
 ``multimask_output=True`` only, form a part of their own (``segmenter.multimask_heads``): with one mask per box
-(pitfall S3) they never receive a gradient.
+(pitfall S3) they never receive a gradient. L_pxl reaches the teacher through SAM2's image-encoder features, so
+with that encoder frozen (the default) it trains the projection heads alone; list ``segmenter.image_encoder`` to
+let it shape the features.
 """
 
 from __future__ import annotations
