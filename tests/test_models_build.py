@@ -91,6 +91,7 @@ def test_bad_requests_are_config_errors(cfg):
         build_model(cfg, "teachers", C)
     with pytest.raises(ConfigError, match="cityscapes has 8 classes but num_classes is 19"):
         build_model(cfg, "teacher", 19)
+    assert build_model(cfg, "student", 19).class_names == []  # a student needs no names
     with pytest.raises(ConfigError, match="model.teacher.top_k"):
         build_model(load_config("smoke", ["model.teacher.top_k=500"]), "teacher", C)
     with pytest.raises(ConfigError, match="no backbone 'vit_h'"):

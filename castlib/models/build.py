@@ -17,12 +17,15 @@ from castlib.models.teacher import Teacher
 MODELS = ("student", "baseline", "teacher")
 
 
-def _class_names(cfg: Config, num_classes: int) -> list[str]:
+def _class_names(cfg: Config, which: str, num_classes: int) -> list[str]:
+    """The class names of ``data.dataset``; the teacher's prompt needs them, the student keeps them if they fit."""
     names = list(CLASS_LISTS[cfg.data.dataset].names)
-    if len(names) != num_classes:
+    if len(names) == num_classes:
+        return names
+    if which == "teacher":
         raise ConfigError(None, "data.dataset",
                           f"{cfg.data.dataset} has {len(names)} classes but num_classes is {num_classes}")
-    return names
+    return []
 
 
 def _construct(cfg: Config, which: str, num_classes: int, class_names: list[str], pretrained: bool,
@@ -42,7 +45,7 @@ def _load_checkpoint(directory: Path, which: str, num_classes: int) -> Segmentat
     if (meta["which"], meta["num_classes"]) != (which, num_classes):
         raise DataError(directory, f"holds a {meta['which']} with {meta['num_classes']} classes, "
                                    f"not a {which} with {num_classes}")
-    cfg = load_config("smoke", {"model": meta["model"]})
+    cfg = load_config("smoke", {"model": meta["model"]})  # the checkpoint's model section replaces the profile's
     model = _construct(cfg, which, num_classes, meta["class_names"], False, meta["components"], directory)
     missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False)
     if missing or unexpected:
@@ -69,4 +72,4 @@ def build_model(cfg: Config, which: str, num_classes: int,
     if isinstance(pretrained, (str, os.PathLike)):
         return _load_checkpoint(Path(pretrained), which, num_classes)
     load = cfg.model.pretrained if pretrained is None else bool(pretrained)
-    return _construct(cfg, which, num_classes, _class_names(cfg, num_classes), load)
+    return _construct(cfg, which, num_classes, _class_names(cfg, which, num_classes), load)
