@@ -66,3 +66,6 @@ TABLE8_BACKBONES = {
 
 # Supplementary E.2 / E.4: reported training-time ratios of the variants.
 TRAINING_TIME_RATIO = {"hinge_vs_infonce": 1.6, "memory_bank_vs_batch": 2.2}
+
+# Main paper (project page, spec section 6): model sizes in parameters.
+MODEL_PARAMETERS = {"student": 52e6, "teacher": 568e6}

@@ -1,0 +1,75 @@
+"""One way to build any model of the kit from a config, or to load one saved with ``save_pretrained``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from safetensors.torch import load_model
+
+from castlib.config import Config, load_config
+from castlib.data.classes import CLASS_LISTS
+from castlib.errors import ConfigError, DataError
+from castlib.models.base import WEIGHTS_FILE, SegmentationModel, read_meta
+from castlib.models.student import Student
+from castlib.models.teacher import Teacher
+
+MODELS = ("student", "baseline", "teacher")
+
+
+def _class_names(cfg: Config, which: str, num_classes: int) -> list[str]:
+    """The class names of ``data.dataset``; the teacher's prompt needs them, the student keeps them if they fit."""
+    names = list(CLASS_LISTS[cfg.data.dataset].names)
+    if len(names) == num_classes:
+        return names
+    if which == "teacher":
+        raise ConfigError(None, "data.dataset",
+                          f"{cfg.data.dataset} has {len(names)} classes but num_classes is {num_classes}")
+    return []
+
+
+def _construct(cfg: Config, which: str, num_classes: int, class_names: list[str], pretrained: bool,
+               components: dict | None = None, checkpoint: Path | None = None) -> SegmentationModel:
+    if which == "student":
+        return Student(cfg, which, cfg.model.student_backbone, num_classes, class_names, pretrained, components)
+    if which == "baseline":
+        return Student(cfg, which, cfg.model.baseline_backbone, num_classes, class_names, pretrained, components)
+    return Teacher(cfg, num_classes, class_names, pretrained, components, checkpoint)
+
+
+def _load_checkpoint(directory: Path, which: str, num_classes: int) -> SegmentationModel:
+    try:
+        meta = read_meta(directory)
+    except (OSError, ValueError) as e:
+        raise DataError(directory, f"not a model saved with save_pretrained ({e})") from None
+    if (meta["which"], meta["num_classes"]) != (which, num_classes):
+        raise DataError(directory, f"holds a {meta['which']} with {meta['num_classes']} classes, "
+                                   f"not a {which} with {num_classes}")
+    cfg = load_config("smoke", {"model": meta["model"]})  # the checkpoint's model section replaces the profile's
+    model = _construct(cfg, which, num_classes, meta["class_names"], False, meta["components"], directory)
+    missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False)
+    if missing or unexpected:
+        raise DataError(directory / WEIGHTS_FILE, f"weights do not fit the model: missing {sorted(missing)[:5]}, "
+                                                  f"unexpected {sorted(unexpected)[:5]}")
+    return model
+
+
+def build_model(cfg: Config, which: str, num_classes: int,
+                pretrained: bool | str | os.PathLike | None = None) -> SegmentationModel:
+    """Build ``which`` (``"student"``, ``"baseline"`` or ``"teacher"``) for ``num_classes`` classes.
+
+    - ``pretrained=None``: as the config says (``model.pretrained``: the paper profile loads the hub ids or local
+      paths named in ``model.backbones`` / ``model.teacher``; smoke and mini build random weights);
+    - ``True`` / ``False``: load pretrained weights, or build random weights from the config's sizes;
+    - a folder written by ``model.save_pretrained``: that model, rebuilt from the folder alone (offline).
+
+    ``"baseline"`` is the Table 8 model: the student's decoders on ``model.baseline_backbone``. The teacher's
+    prompt is built from the class names of ``data.dataset``. Missing pretrained weights raise
+    :class:`~castlib.models.hub.PretrainedWeightsError`, saying which weights and what to do.
+    """
+    if which not in MODELS:
+        raise ConfigError(None, "which", f"expected one of {', '.join(MODELS)}, got {which!r}")
+    if isinstance(pretrained, (str, os.PathLike)):
+        return _load_checkpoint(Path(pretrained), which, num_classes)
+    load = cfg.model.pretrained if pretrained is None else bool(pretrained)
+    return _construct(cfg, which, num_classes, _class_names(cfg, which, num_classes), load)
