@@ -243,7 +243,19 @@ def test_every_parameter_belongs_to_a_part_and_groups_follow_the_parts(teacher):
     assert groups["encoder"] == []  # the default adapts no encoder
     unfrozen = build_model(load_config("smoke", ["model.teacher.trainable=[segmenter.image_encoder]"]), "teacher", C)
     assert {id(p) for p in unfrozen.param_groups()["encoder"]} == {
-        id(p) for p in unfrozen.segmenter.vision_encoder.parameters()} | {id(unfrozen.segmenter.no_memory_embedding)}
+        id(p) for p in unfrozen.segmenter.vision_encoder.backbone.parameters()} | {
+        id(unfrozen.segmenter.no_memory_embedding)}
+
+
+def test_by_default_l_pxl_reaches_the_teacher_through_sam2s_neck_not_its_backbone(teacher):
+    """The contrastive loss must shape the features SAM2's mask decoder reads, with the Hiera backbone frozen."""
+    teacher.zero_grad()
+    features = teacher.encode(torch.rand(1, 3, 112, 112))
+    teacher.embed(features, "weak").sum().backward()
+    neck = [p.grad for p in teacher.segmenter.vision_encoder.neck.parameters()]
+    assert all(p.requires_grad for p in teacher.segmenter.vision_encoder.neck.parameters())
+    assert any(g is not None and g.abs().sum() > 0 for g in neck)  # the convs of the level the heads read
+    assert all(not p.requires_grad for p in teacher.segmenter.vision_encoder.backbone.parameters())
 
 
 def test_pretrained_teacher_offline_says_which_weights_and_what_to_do(cfg):

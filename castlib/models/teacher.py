@@ -9,12 +9,13 @@ masks cover exactly the image extent). ``features`` are SAM2's image-encoder out
 where the L_pxl projection heads sit. The paper's teacher is Grounding-DINO-L (MM-Grounding-DINO Swin-L, the
 prototype's checkpoint) + SAM2.1-L, about 568M parameters.
 
-Which parts train during adaptation is ``model.teacher.trainable`` (default: the detector's decoder and heads
-and SAM2's mask decoder; the image and text encoders stay frozen). SAM2's three extra mask heads, which serve
-``multimask_output=True`` only, form a part of their own (``segmenter.multimask_heads``): with one mask per box
-(pitfall S3) they never receive a gradient. L_pxl reaches the teacher through SAM2's image-encoder features, so
-with that encoder frozen (the default) it trains the projection heads alone; list ``segmenter.image_encoder`` to
-let it shape the features.
+Which parts train during adaptation is ``model.teacher.trainable`` (default: the detector's decoder and heads,
+SAM2's mask decoder and SAM2's feature neck; the image backbones and the text encoder stay frozen). SAM2's three
+extra mask heads, which serve ``multimask_output=True`` only, form a part of their own
+(``segmenter.multimask_heads``): with one mask per box (pitfall S3) they never receive a gradient. L_pxl reaches
+the teacher through SAM2's image-encoder features: the neck (``segmenter.neck``, the FPN that makes the features
+both the projection heads and the mask decoder read) trains by default, so the contrastive loss calibrates what
+the masks are decoded from; list ``segmenter.image_encoder`` to adapt the Hiera backbone too.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class Teacher(SegmentationModel):
         "detector.heads": ("detector.bbox_embed.", "detector.class_embed.", "detector.model.enc_output.",
                            "detector.model.enc_output_norm.", "detector.model.encoder_output_bbox_embed.",
                            "detector.model.encoder_output_class_embed."),
-        "segmenter.image_encoder": ("segmenter.vision_encoder.", "segmenter.no_memory_embedding"),
+        "segmenter.image_encoder": ("segmenter.vision_encoder.backbone.", "segmenter.no_memory_embedding"),
+        "segmenter.neck": ("segmenter.vision_encoder.neck.",),
         "segmenter.prompt_encoder": ("segmenter.prompt_encoder.", "segmenter.shared_image_embedding."),
         "segmenter.multimask_heads": tuple(f"segmenter.mask_decoder.output_hypernetworks_mlps.{i}." for i in (1, 2, 3)),
         "segmenter.mask_decoder": ("segmenter.mask_decoder.",),
