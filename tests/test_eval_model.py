@@ -84,3 +84,16 @@ def test_eval_options_come_from_the_config_and_an_unknown_table_metric_is_named(
     dataset = CityscapesInstances(cityscapes_root, "val", transform=EvalView())
     with pytest.raises(ConfigError, match="eval.table_metric"):
         evaluate_model(Oracle(dataset), dataset, tmp_path, table_metric="mAP")
+
+
+def test_a_model_that_finds_nothing_scores_zero_with_a_warning_not_an_error(cityscapes_root, tmp_path):
+    """An untrained model run on every image may predict no instance: AP 0, said in metrics["warning"]."""
+    class Blind(nn.Module):
+        def forward(self, images):
+            b, _, h, w = images.shape
+            return SegmentationOutput(class_logits=torch.zeros(b, 3, 9), mask_logits=torch.full((b, 3, h, w), -5.0))
+
+    dataset = CityscapesInstances(cityscapes_root, "val", transform=EvalView())
+    metrics = evaluate_model(Blind(), dataset, tmp_path)
+    assert metrics["ap"] == 0.0 and metrics["coco"]["ap"] == 0.0 and metrics["cityscapes"]["ap50"] == 0.0
+    assert "no instance" in metrics["warning"]

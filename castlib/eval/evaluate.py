@@ -18,6 +18,7 @@ Every file is written atomically; the Cityscapes prediction folder appears at on
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -87,6 +88,14 @@ class PredictionWriter:
             os.replace(self.cityscapes_dir, final)
 
 
+def _zero_scores(gt: GroundTruth) -> dict:
+    """AP 0 for every class with ground truth (``None`` for the others): what no prediction at all scores."""
+    present = {a["category_id"] for a in gt.coco["annotations"]}
+    per_class = {name: ({"ap": 0.0, "ap50": 0.0} if cid in present else {"ap": None, "ap50": None})
+                 for name, cid in zip(gt.classes.names, gt.classes.dataset_ids, strict=True)}
+    return {"ap": 0.0, "ap50": 0.0, "per_class": per_class}
+
+
 def resolve_table_metric(gt: GroundTruth, table_metric: str | None) -> str:
     """The metric the tables print: as given (checked), else the official one on Cityscapes and COCO elsewhere."""
     official = gt.has_cityscapes_files
@@ -99,20 +108,30 @@ def resolve_table_metric(gt: GroundTruth, table_metric: str | None) -> str:
     return table_metric
 
 
-def score(gt: GroundTruth, out_dir: str | Path, table_metric: str | None = None, info: Mapping | None = None) -> dict:
+def score(gt: GroundTruth, out_dir: str | Path, table_metric: str | None = None, info: Mapping | None = None,
+          allow_empty: bool = False) -> dict:
     """Both metrics from the files a :class:`PredictionWriter` wrote into ``out_dir``; writes ``metrics.json``.
 
     ``table_metric`` is the metric whose AP the tables print (``eval.table_metric`` of the config):
     ``cityscapes`` (the official evaluator, Cityscapes only) or ``coco``; by default the official
     one where it applies, else COCO.
+
+    An empty prediction set is an error, unless ``allow_empty``: a model that was run on every image and
+    found no instance (an untrained one) scores 0, and ``metrics["warning"]`` says so.
     """
     out_dir = Path(out_dir)
     table_metric = resolve_table_metric(gt, table_metric)
     official = gt.has_cityscapes_files
     metrics = {"dataset": gt.classes.dataset, "ground_truth": gt.source, "num_images": len(gt.image_ids),
-               "coco": coco_mask_ap(gt, out_dir / COCO_RESULTS_FILE), **(info or {})}
-    if official:
-        metrics["cityscapes"] = cityscapes_mask_ap(gt, out_dir / CITYSCAPES_PREDICTIONS_DIR, out_dir)
+               **(info or {})}
+    if allow_empty and not json.loads((out_dir / COCO_RESULTS_FILE).read_text()):
+        zero = _zero_scores(gt)
+        metrics |= {"coco": zero, **({"cityscapes": zero} if official else {}),
+                    "warning": "the model predicted no instance on any image: AP is 0"}
+    else:
+        metrics["coco"] = coco_mask_ap(gt, out_dir / COCO_RESULTS_FILE)
+        if official:
+            metrics["cityscapes"] = cityscapes_mask_ap(gt, out_dir / CITYSCAPES_PREDICTIONS_DIR, out_dir)
     metrics |= {"table_metric": table_metric, "ap": metrics[table_metric]["ap"], "ap50": metrics[table_metric]["ap50"]}
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     return metrics
@@ -178,7 +197,7 @@ def evaluate_model(
     writer.close()
     info = {"num_predictions": len(writer.results), "top_k": top_k, "model": type(model).__name__,
             "device": str(device)}
-    return score(gt, out_dir, table_metric, info)
+    return score(gt, out_dir, table_metric, info, allow_empty=True)
 
 
 def _without_annotations(dataset: InstanceDataset) -> InstanceDataset:
