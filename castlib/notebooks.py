@@ -33,7 +33,8 @@ def run_notebook(source: str | Path, out_dir: str | Path, cell_timeout: int | No
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / f"{source.stem}.ipynb"
     notebook = jupytext.read(source)
-    parameters = {"output_dir": str(out_dir / source.stem), **parameters}
+    # Widgets stay off headless: nbclient can block on a cell that opens widget comms (jupyter/nbclient#312).
+    parameters = {"output_dir": str(out_dir / source.stem), "interactive": False, **parameters}
     papermill.execute_notebook(notebook, str(executed), parameters=parameters, cwd=str(REPO_ROOT),
                                kernel_name="python3", progress_bar=False, start_timeout=120,
                                execution_timeout=cell_timeout)

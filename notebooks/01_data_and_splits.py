@@ -31,6 +31,7 @@ dataset = "cityscapes"  # cityscapes | ade20k
 data_root = ""  # a real dataset root, or empty for the synthetic set of the profile
 seed = 0  # augmentation seed of the examples shown
 output_dir = "results/notebooks/01_data_and_splits"
+interactive = True  # show the widgets (headless runs set False)
 
 # %%
 from pathlib import Path
@@ -87,9 +88,9 @@ save_figure(fig, out / "views.png")
 
 # %% [markdown]
 # ## Browse
-# A slider over the training images (interactive when the notebook runs in Jupyter).
+# A slider over the training images (in Jupyter; headless runs skip the widget).
 
 # %%
 from castlib.widgets import sample_browser
 
-sample_browser(train)
+sample_browser(train) if interactive else print("interactive=False: widget not shown")

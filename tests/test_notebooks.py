@@ -25,7 +25,8 @@ def test_each_py_source_has_an_ipynb_with_the_same_cells(source):
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_each_notebook_has_a_papermill_parameters_cell_with_the_profile(source):
     cells = [c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(cells) == 1 and "profile" in cells[0].source and "output_dir" in cells[0].source
+    assert len(cells) == 1
+    assert all(name in cells[0].source for name in ("profile", "output_dir", "interactive"))
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
