@@ -1,0 +1,57 @@
+"""The fast L_pxl, the one training uses (spec 7.3; supplementary E.2-E.4).
+
+Anchors are processed in chunks of ``chunk_size``. Per chunk, the sampling weights ``[c, M]``
+against all M candidates are computed, R negatives drawn by Gumbel-top-k, then the chunk's
+similarities to all candidates are one matmul ``[c, M]`` from which only the drawn ``[c, R]`` are
+gathered. The gather keeps nothing of size ``[c, M]`` for the backward pass, so the peak memory
+is O(chunk x M + A x R) and never the full anchors x candidates matrix, nor ``[A, R, D]``
+embeddings. Device-agnostic: everything stays on the inputs' device (CPU or CUDA).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from castlib.losses.debiased_sampling import debiased_weights, sample_without_replacement
+
+if TYPE_CHECKING:
+    from castlib.losses.pixel_contrastive import ContrastiveOptions
+
+
+def fast_pixel_contrastive(
+    z_anchor: torch.Tensor,
+    z_positive: torch.Tensor,
+    y: torch.Tensor,
+    z_candidates: torch.Tensor,
+    y_candidates: torch.Tensor,
+    negatives: torch.Tensor | None,
+    opts: ContrastiveOptions,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(loss, s+ [A], s- [A, R], negatives [A, R])`` with cosine similarities; anchor a is candidate a."""
+    drawn_chunks, s_neg_chunks = [], []
+    for start in range(0, z_anchor.shape[0], opts.chunk_size):
+        stop = min(start + opts.chunk_size, z_anchor.shape[0])
+        if negatives is None:
+            with torch.no_grad():
+                weights = debiased_weights(y[start:stop], y_candidates, opts.score)
+                weights.diagonal(offset=start).zero_()  # anchor start + i is candidate start + i
+                drawn = sample_without_replacement(weights, opts.num_negatives, generator)
+        else:
+            drawn = negatives[start:stop]
+        similarities = z_anchor[start:stop] @ z_candidates.T
+        s_neg_chunks.append(similarities.gather(1, drawn.clamp(min=0)))
+        drawn_chunks.append(drawn)
+    negatives = torch.cat(drawn_chunks)
+    s_neg = torch.cat(s_neg_chunks)
+    valid = negatives >= 0
+    s_pos = (z_anchor * z_positive).sum(-1)
+    if opts.loss == "infonce":
+        logits = torch.cat([s_pos[:, None], s_neg.masked_fill(~valid, float("-inf"))], dim=1)
+        per_anchor = torch.logsumexp(logits / opts.temperature, dim=1) - s_pos / opts.temperature
+    else:
+        hinge = torch.relu(opts.margin - s_pos[:, None] + s_neg).masked_fill(~valid, 0)
+        per_anchor = hinge.sum(1) / valid.sum(1).clamp(min=1)
+    return per_anchor.mean(), s_pos.detach(), s_neg.detach(), negatives
