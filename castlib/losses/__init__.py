@@ -5,7 +5,8 @@ from castlib.losses.debiased_sampling import (
     SCORES,
     debiased_weights,
     pseudo_probability_embedding,
-    sample_without_replacement,
+    gumbel_top_k,
+    successive_sampling,
 )
 from castlib.losses.memory_bank import MemoryBank
 from castlib.losses.pixel_contrastive import (
@@ -27,7 +28,8 @@ __all__ = [
     "contrastive_options",
     "debiased_weights",
     "false_negative_rate",
+    "gumbel_top_k",
     "pixel_contrastive_loss",
     "pseudo_probability_embedding",
-    "sample_without_replacement",
+    "successive_sampling",
 ]

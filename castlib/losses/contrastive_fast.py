@@ -1,11 +1,13 @@
 """The fast L_pxl, the one training uses (spec 7.3; supplementary E.2-E.4).
 
-Anchors are processed in chunks of ``chunk_size``. Per chunk, the sampling weights ``[c, M]``
-against all M candidates are computed, R negatives drawn by Gumbel-top-k, then the chunk's
-similarities to all candidates are one matmul ``[c, M]`` from which only the drawn ``[c, R]`` are
-gathered. The gather keeps nothing of size ``[c, M]`` for the backward pass, so the peak memory
-is O(chunk x M + A x R) and never the full anchors x candidates matrix, nor ``[A, R, D]``
-embeddings. Device-agnostic: everything stays on the inputs' device (CPU or CUDA).
+Anchors are processed in chunks of ``chunk_size``. Per chunk: the sampling weights ``[c, M]``
+against all M candidates (one matmul), R negatives drawn by :func:`successive_sampling`
+(rejection on uniform proposals, completed by Gumbel-top-k where the weights are small), then the
+chunk's similarities to all candidates as one matmul ``[c, M]``, from which only the drawn
+``[c, R]`` are picked. The pick keeps nothing of size ``[c, M]`` for the backward pass, so the
+peak memory is O(chunk x M + A x R): never the anchors x candidates matrix, nor ``[A, R, D]``
+gathered embeddings. Memory-bank entries get no gradient, so their similarities are a separate
+matmul whose backward skips them. Device-agnostic: everything stays on the inputs' device.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from castlib.losses.debiased_sampling import debiased_weights, sample_without_replacement
+from castlib.losses.debiased_sampling import debiased_weights, successive_sampling
 
 if TYPE_CHECKING:
     from castlib.losses.pixel_contrastive import ContrastiveOptions
@@ -24,13 +26,17 @@ def fast_pixel_contrastive(
     z_anchor: torch.Tensor,
     z_positive: torch.Tensor,
     y: torch.Tensor,
-    z_candidates: torch.Tensor,
-    y_candidates: torch.Tensor,
+    bank: tuple[torch.Tensor, torch.Tensor] | None,
     negatives: torch.Tensor | None,
     opts: ContrastiveOptions,
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, s+ [A], s- [A, R], negatives [A, R])`` with cosine similarities; anchor a is candidate a."""
+    """``(loss, s+ [A], s- [A, R], negatives [A, R])`` with cosine similarities.
+
+    Candidates are the anchors (candidate a is anchor a) followed by the bank's ``(z, y~)`` entries.
+    """
+    y_candidates = y if bank is None else torch.cat([y, bank[1]])
+    offsets = torch.arange(opts.chunk_size, device=z_anchor.device)[:, None] * y_candidates.shape[0]
     drawn_chunks, s_neg_chunks = [], []
     for start in range(0, z_anchor.shape[0], opts.chunk_size):
         stop = min(start + opts.chunk_size, z_anchor.shape[0])
@@ -38,11 +44,15 @@ def fast_pixel_contrastive(
             with torch.no_grad():
                 weights = debiased_weights(y[start:stop], y_candidates, opts.score)
                 weights.diagonal(offset=start).zero_()  # anchor start + i is candidate start + i
-                drawn = sample_without_replacement(weights, opts.num_negatives, generator)
+                drawn = successive_sampling(weights, opts.num_negatives, generator)
         else:
             drawn = negatives[start:stop]
-        similarities = z_anchor[start:stop] @ z_candidates.T
-        s_neg_chunks.append(similarities.gather(1, drawn.clamp(min=0)))
+        z_chunk = z_anchor[start:stop]
+        similarities = z_chunk @ z_anchor.T
+        if bank is not None:
+            similarities = torch.cat([similarities, z_chunk @ bank[0].T], dim=1)
+        flat = (offsets[: stop - start] + drawn.clamp(min=0)).flatten()
+        s_neg_chunks.append(similarities.flatten().index_select(0, flat).view_as(drawn))
         drawn_chunks.append(drawn)
     negatives = torch.cat(drawn_chunks)
     s_neg = torch.cat(s_neg_chunks)

@@ -49,7 +49,8 @@ def debiased_weights(y_anchors: torch.Tensor, y_candidates: torch.Tensor, score:
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    weights = (y_anchors @ y_candidates.T).neg_().add_(1).clamp_(min=0)
+    one = y_anchors.new_ones(1)
+    weights = torch.addmm(one, y_anchors, y_candidates.T, alpha=-1).clamp_(min=0)  # 1 - <y~_a, y~_c>
     if score == "squared":
         weights.square_()
     elif score == "sqrt":
@@ -58,21 +59,66 @@ def debiased_weights(y_anchors: torch.Tensor, y_candidates: torch.Tensor, score:
 
 
 @torch.no_grad()
-def sample_without_replacement(weights: torch.Tensor, num: int,
-                               generator: torch.Generator | None = None) -> torch.Tensor:
+def gumbel_top_k(weights: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Per row of ``weights [A, M]`` (non-negative), ``num`` column indices drawn without replacement.
 
-    Gumbel-top-k in the exponential form (Efraimidis-Spirakis keys ``w / E``, E ~ Exp(1)): the
-    ``num`` largest keys, in decreasing order, are distributed as successive draws each
-    proportional to ``w`` among the columns not drawn yet; the first column is therefore drawn
-    with probability ``w / sum(w)``. A zero weight gets key 0 and is never drawn: where a row has
-    fewer than ``num`` positive weights, the remaining slots hold -1. ``weights`` is overwritten.
+    Gumbel-top-k in the form of Efraimidis and Spirakis: the ``num`` largest keys
+    ``log(U) / w`` (U uniform in [0, 1), i.e. ``-E / w`` with E ~ Exp(1)), in decreasing order, are
+    distributed as successive draws each proportional to ``w`` among the columns not drawn yet
+    (Plackett-Luce); the first column is thus drawn with probability ``w / sum(w)``. A zero weight
+    gets key -inf and is never drawn: where a row has fewer than ``num`` positive weights, the
+    remaining slots hold -1. Cost: a random number per entry and a top-k per row.
     """
     rows, cols = weights.shape
-    noise = torch.rand(rows, cols, generator=generator, device=weights.device, dtype=weights.dtype)
-    keys = weights.div_(noise.log_().neg_())  # E = -log U in (0, inf]; U = 0 gives key 0
+    keys = torch.rand(rows, cols, generator=generator, device=weights.device, dtype=weights.dtype)
+    keys.log_().div_(weights)
     top = keys.topk(min(num, cols), dim=1)
-    drawn = top.indices.masked_fill_(top.values <= 0, -1)
+    drawn = top.indices.masked_fill_(top.values == float("-inf"), -1)
     if num > cols:
         drawn = F.pad(drawn, (0, num - cols), value=-1)
     return drawn
+
+
+@torch.no_grad()
+def successive_sampling(weights: torch.Tensor, num: int, generator: torch.Generator | None = None,
+                        trials: int | None = None) -> torch.Tensor:
+    """The distribution of :func:`gumbel_top_k` for weights in [0, 1], at a cost independent of M
+    where the weights are not small.
+
+    Rejection: each of ``trials`` (default ``3 * num``) per row proposes a uniform column and
+    accepts it with probability ``w``; the first acceptance of each column, in trial order, is the
+    next draw. Conditioned on being new and accepted, a column is proportional to ``w`` among the
+    columns not drawn yet, so the draws follow successive sampling exactly. Rows with fewer than
+    ``num`` draws after the trials (small weights, or fewer than ``num`` positive ones) are
+    completed by Gumbel-top-k on the columns not drawn yet, which continues the same process.
+    """
+    rows, cols = weights.shape
+    trials = 3 * num if trials is None else trials
+    proposed = torch.randint(0, cols, (rows, trials), generator=generator, device=weights.device)
+    chance = torch.rand(rows, trials, generator=generator, device=weights.device, dtype=weights.dtype)
+    accepted = chance < weights.gather(1, proposed)
+    sorted_ids, order = proposed.masked_fill(~accepted, cols).sort(dim=1, stable=True)
+    repeat = torch.zeros_like(accepted)
+    repeat[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]  # an earlier trial accepted the same column
+    new = accepted & ~torch.empty_like(repeat).scatter_(1, order, repeat)
+    rank = new.cumsum(dim=1)
+    keep = new & (rank <= num)
+    drawn = proposed.new_full((rows, num + 1), -1)  # the last column takes the trials not kept
+    drawn.scatter_(1, torch.where(keep, rank - 1, num), torch.where(keep, proposed, -1))
+    drawn = drawn[:, :num]
+    short = (rank[:, -1] < num).nonzero().squeeze(1)
+    if short.numel():
+        drawn[short] = _complete(weights[short], drawn[short], rank[short, -1], num, generator)
+    return drawn
+
+
+def _complete(weights: torch.Tensor, prefix: torch.Tensor, count: torch.Tensor, num: int,
+              generator: torch.Generator | None) -> torch.Tensor:
+    """Append Gumbel-top-k draws among the columns not in ``prefix`` (its first ``count`` entries)."""
+    weights = weights.clone()
+    row, slot = (prefix >= 0).nonzero(as_tuple=True)
+    weights[row, prefix[row, slot]] = 0
+    more = gumbel_top_k(weights, num, generator)
+    out = F.pad(prefix, (0, 1), value=-1)  # the last column takes the draws beyond ``num``
+    slots = (count[:, None] + torch.arange(num, device=prefix.device)).clamp(max=num)
+    return out.scatter_(1, slots, more)[:, :num]

@@ -144,16 +144,14 @@ def pixel_contrastive_loss(
     dtype = torch.promote_types(z_weak.dtype, torch.float32)
     z_anchor, z_positive = z_weak.flatten(0, 1).to(dtype), z_strong.flatten(0, 1).to(dtype)
     y = pseudo_probability_embedding(mask_logits.to(dtype), class_logits.to(dtype), opts.embedding)
-    z_candidates, y_candidates = z_anchor, y
+    memory = None
     if bank is not None and len(bank):
         if bank.y.shape[1] != y.shape[1]:
             raise ValueError(f"the memory bank holds y of dim {bank.y.shape[1]}, this batch's is {y.shape[1]}")
-        z_candidates = torch.cat([z_anchor, bank.z.to(z_anchor)])
-        y_candidates = torch.cat([y, bank.y.to(y)])
+        memory = bank.z.to(z_anchor), bank.y.to(y)
     if negatives is not None:
-        _check_negatives(negatives, z_anchor.shape[0], z_candidates.shape[0])
-    loss, s_pos, s_neg, negatives = IMPLEMENTATIONS[impl](
-        z_anchor, z_positive, y, z_candidates, y_candidates, negatives, opts, generator)
+        _check_negatives(negatives, z_anchor.shape[0], z_anchor.shape[0] + (len(bank) if memory else 0))
+    loss, s_pos, s_neg, negatives = IMPLEMENTATIONS[impl](z_anchor, z_positive, y, memory, negatives, opts, generator)
     if bank is not None:
         bank.push(z_anchor.detach(), y)
     valid = negatives >= 0
