@@ -148,7 +148,7 @@ def pixel_contrastive_loss(
     if bank is not None and len(bank):
         if bank.y.shape[1] != y.shape[1]:
             raise ValueError(f"the memory bank holds y of dim {bank.y.shape[1]}, this batch's is {y.shape[1]}")
-        memory = bank.z.to(z_anchor), bank.y.to(y)
+        memory = bank.z.to(z_anchor, copy=True), bank.y.to(y, copy=True)  # the push below must not change them
     if negatives is not None:
         _check_negatives(negatives, z_anchor.shape[0], z_anchor.shape[0] + (len(bank) if memory else 0))
     loss, s_pos, s_neg, negatives = IMPLEMENTATIONS[impl](z_anchor, z_positive, y, memory, negatives, opts, generator)

@@ -17,7 +17,11 @@ import torch
 
 @dataclass
 class SyntheticPredictions:
-    """``mask_logits [B, K, N]``, ``class_logits [B, K, C+1]``, ``instance_ids [B, N]`` (0 = background)."""
+    """``mask_logits [B, K, N]``, ``class_logits [B, K, C+1]``, ``instance_ids [B, N]``.
+
+    Instance ids are 1..instances, and -1 on background (no instance: left out of the
+    false-negative rate, as stuff pixels are in Cityscapes' instance maps).
+    """
 
     mask_logits: torch.Tensor
     class_logits: torch.Tensor
@@ -52,4 +56,5 @@ def instance_predictions(
     classes[:, instances:] = num_classes  # queries without an instance: no object
     class_logits = confidence * torch.nn.functional.one_hot(classes, num_classes + 1).float()
     noise = lambda shape: torch.randn(shape, generator=generator)  # noqa: E731
-    return SyntheticPredictions(mask_logits + noise(mask_logits.shape), class_logits + noise(class_logits.shape), ids)
+    return SyntheticPredictions(mask_logits + noise(mask_logits.shape), class_logits + noise(class_logits.shape),
+                                ids.masked_fill(ids == 0, -1))
