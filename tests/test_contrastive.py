@@ -25,7 +25,7 @@ OPTIONS = list(itertools.product(SCORES, EMBEDDINGS, ("infonce", "hinge"), ("bat
 def inputs(batch=2, height=4, width=5, dim=16, queries=6, classes=3, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     preds = instance_predictions(batch, height, width, queries, classes, instances=4, confidence=2.0, generator=g)
-    unit = lambda: F.normalize(torch.randn(batch, height * width, dim, generator=g, dtype=dtype), dim=-1)  # noqa: E731
+    unit = lambda: F.normalize(torch.randn(batch, height * width, dim, generator=g, dtype=dtype), dim=-1)
     return unit(), unit(), preds.mask_logits.to(dtype), preds.class_logits.to(dtype), preds.instance_ids
 
 
@@ -58,7 +58,7 @@ def test_fast_and_reference_give_the_same_loss_and_gradients_on_the_same_draw(sc
         assert torch.equal(replay.negatives, drawn.negatives)
         assert replay.loss.item() == pytest.approx(drawn.loss.item(), rel=1e-12, abs=1e-14)
         assert replay.margin.item() == pytest.approx(drawn.margin.item(), rel=1e-12)
-        for g, h in zip(grads, replay_grads):
+        for g, h in zip(grads, replay_grads, strict=True):
             torch.testing.assert_close(h, g, rtol=1e-10, atol=1e-14)
         if scope == "memory_bank":
             assert (drawn.negatives >= z_weak.shape[0] * z_weak.shape[1]).any()  # some negatives from the bank
@@ -72,7 +72,7 @@ def test_slots_without_a_candidate_add_nothing_and_both_implementations_agree(lo
     assert (fast.negatives[:, 7:] == -1).all() and (fast.negatives[:, :7] >= 0).all()  # 7 candidates each
     ref, *ref_grads = run("reference", z_weak, z_strong, mask_logits, class_logits, negatives=fast.negatives, loss=loss)
     assert ref.loss.item() == pytest.approx(fast.loss.item(), rel=1e-12)
-    for g, h in zip(grads, ref_grads):
+    for g, h in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(h, g, rtol=1e-10, atol=1e-14)
     trimmed, *_ = run("fast", z_weak, z_strong, mask_logits, class_logits, negatives=fast.negatives[:, :7], loss=loss)
     assert trimmed.loss.item() == pytest.approx(fast.loss.item(), rel=1e-12)
@@ -178,7 +178,7 @@ def test_a_memory_bank_state_restores_the_same_training():
 
 def test_the_same_generator_seed_draws_the_same_negatives():
     z_weak, z_strong, mask_logits, class_logits, _ = inputs()
-    draw = lambda seed: pixel_contrastive_loss(z_weak, z_strong, mask_logits, class_logits,  # noqa: E731
+    draw = lambda seed: pixel_contrastive_loss(z_weak, z_strong, mask_logits, class_logits,
                                                generator=torch.Generator().manual_seed(seed)).negatives
     assert torch.equal(draw(0), draw(0)) and not torch.equal(draw(0), draw(1))
 
@@ -220,5 +220,5 @@ def test_the_fast_implementation_runs_on_cuda_and_matches_the_cpu_reference():
     fast, *grads = run("fast", *on_gpu, generator=torch.Generator("cuda").manual_seed(0))
     ref, *ref_grads = run("reference", z_weak, z_strong, mask_logits, class_logits, negatives=fast.negatives.cpu())
     assert fast.loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)
-    for g, h in zip(grads, ref_grads):
+    for g, h in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g.cpu(), h, rtol=1e-4, atol=1e-6)

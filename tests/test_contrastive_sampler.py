@@ -44,7 +44,7 @@ def test_the_sampler_follows_successive_sampling_exactly(sampler, weights):
     drawn = SAMPLERS[sampler](torch.tensor([weights]).repeat(rows, 1), draws, g)
     law = ordered_law(weights, draws)
     counts = {seq: 0 for seq in law}
-    for seq, n in zip(*torch.unique(drawn, dim=0, return_counts=True)):
+    for seq, n in zip(*torch.unique(drawn, dim=0, return_counts=True), strict=True):
         counts[tuple(seq.tolist())] += int(n)
     observed = [counts[s] for s in law]
     expected = [rows * p for p in law.values()]
@@ -76,7 +76,7 @@ def test_the_sampler_never_draws_a_zero_weight_and_never_draws_twice(sampler):
     assert (weights.gather(1, drawn.clamp(min=0))[valid] > 0).all()
     assert torch.equal(valid.sum(1), (weights > 0).sum(1).clamp(max=30))  # -1 only where candidates ran out
     assert (valid[:, :-1] | ~valid[:, 1:]).all()  # the -1 slots come last
-    for row, ok in zip(drawn, valid):
+    for row, ok in zip(drawn, valid, strict=True):
         assert row[ok].unique().numel() == int(ok.sum())
 
 

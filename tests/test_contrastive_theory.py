@@ -17,10 +17,11 @@ def margin_growth(p: float, seed: int = 0) -> float:
     up to small noise). The negatives' own rows draw nothing, so they add nothing to the loss.
     """
     g = torch.Generator().manual_seed(seed)
-    unit = lambda *shape: F.normalize(torch.randn(*shape, D, generator=g, dtype=torch.float64), dim=-1)  # noqa: E731
+    unit = lambda *shape: F.normalize(torch.randn(*shape, D, generator=g, dtype=torch.float64), dim=-1)
     z_plus = unit(ANCHORS)
     inter = torch.rand(ANCHORS, R, generator=g) < p
-    negatives = torch.where(inter[..., None], unit(ANCHORS, R), F.normalize(z_plus[:, None] + 0.05 * unit(ANCHORS, R), dim=-1))
+    intra = F.normalize(z_plus[:, None] + 0.05 * unit(ANCHORS, R), dim=-1)  # z+ up to small noise
+    negatives = torch.where(inter[..., None], unit(ANCHORS, R), intra)
     z_weak = torch.cat([unit(ANCHORS)[:, None], negatives], dim=1).requires_grad_()  # [ANCHORS, 1 + R, D]
     z_strong = torch.cat([z_plus[:, None], unit(ANCHORS, R)], dim=1)
     drawn = torch.full((ANCHORS, 1 + R, R), -1)
@@ -44,5 +45,5 @@ def test_one_step_grows_the_expected_margin_by_about_p_lambda(p):
 
 def test_a_larger_share_of_inter_instance_negatives_grows_the_margin_more():
     growths = [margin_growth(p, seed=1) for p in (0.2, 0.6, 1.0)]
-    assert all(a < b for a, b in zip(growths, growths[1:]))
+    assert all(a < b for a, b in zip(growths[:-1], growths[1:], strict=True))
     assert growths[0] > 0

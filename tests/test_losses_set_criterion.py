@@ -83,7 +83,7 @@ def test_the_class_term_weighs_no_object_by_a_tenth():
     losses = criterion()(output((class_logits, mask_logits)), [masks[:1]], [labels[:1]])
     ce = [-torch.log_softmax(class_logits[i], 0)[t].item() for i, t in enumerate([0, 3, 3])]
     weights = [1.0, 0.1, 0.1]
-    expected = sum(w * c for w, c in zip(weights, ce)) / sum(weights)
+    expected = sum(w * c for w, c in zip(weights, ce, strict=True)) / sum(weights)
     assert losses["loss_cross_entropy"].item() == pytest.approx(2 * expected, rel=1e-6)
 
 

@@ -4,8 +4,8 @@ from castlib.losses.debiased_sampling import (
     EMBEDDINGS,
     SCORES,
     debiased_weights,
-    pseudo_probability_embedding,
     gumbel_top_k,
+    pseudo_probability_embedding,
     successive_sampling,
 )
 from castlib.losses.memory_bank import MemoryBank

@@ -3,11 +3,11 @@
 Anchors are processed in chunks of ``chunk_size``. Per chunk: the sampling weights ``[c, M]``
 against all M candidates (one matmul), R negatives drawn by :func:`successive_sampling`
 (rejection on uniform proposals, completed by Gumbel-top-k where the weights are small), then the
-chunk's similarities to all candidates as one matmul ``[c, M]``, from which only the drawn
+chunk's similarities to all candidates as a matmul ``[c, M]``, from which only the drawn
 ``[c, R]`` are picked. The pick keeps nothing of size ``[c, M]`` for the backward pass, so the
 peak memory is O(chunk x M + A x R): never the anchors x candidates matrix, nor ``[A, R, D]``
-gathered embeddings. Memory-bank entries get no gradient, so their similarities are a separate
-matmul whose backward skips them. Device-agnostic: everything stays on the inputs' device.
+gathered embeddings. Memory-bank entries get no gradient, so their similarities are a matmul of
+their own whose backward skips them. Device-agnostic: everything stays on the inputs' device.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ def fast_pixel_contrastive(
 
     Candidates are the anchors (candidate a is anchor a) followed by the bank's ``(z, y~)`` entries.
     """
+    anchors = z_anchor.shape[0]
     y_candidates = y if bank is None else torch.cat([y, bank[1]])
-    offsets = torch.arange(opts.chunk_size, device=z_anchor.device)[:, None] * y_candidates.shape[0]
     drawn_chunks, s_neg_chunks = [], []
-    for start in range(0, z_anchor.shape[0], opts.chunk_size):
-        stop = min(start + opts.chunk_size, z_anchor.shape[0])
+    for start in range(0, anchors, opts.chunk_size):
+        stop = min(start + opts.chunk_size, anchors)
         if negatives is None:
             with torch.no_grad():
                 weights = debiased_weights(y[start:stop], y_candidates, opts.score)
@@ -48,11 +48,10 @@ def fast_pixel_contrastive(
         else:
             drawn = negatives[start:stop]
         z_chunk = z_anchor[start:stop]
-        similarities = z_chunk @ z_anchor.T
-        if bank is not None:
-            similarities = torch.cat([similarities, z_chunk @ bank[0].T], dim=1)
-        flat = (offsets[: stop - start] + drawn.clamp(min=0)).flatten()
-        s_neg_chunks.append(similarities.flatten().index_select(0, flat).view_as(drawn))
+        s_neg = _pick(z_chunk @ z_anchor.T, drawn)
+        if bank is not None:  # bank entries: a separate matmul, whose backward skips them
+            s_neg = torch.where(drawn >= anchors, _pick(z_chunk @ bank[0].T, drawn - anchors), s_neg)
+        s_neg_chunks.append(s_neg)
         drawn_chunks.append(drawn)
     negatives = torch.cat(drawn_chunks)
     s_neg = torch.cat(s_neg_chunks)
@@ -65,3 +64,11 @@ def fast_pixel_contrastive(
         hinge = torch.relu(opts.margin - s_pos[:, None] + s_neg).masked_fill(~valid, 0)
         per_anchor = hinge.sum(1) / valid.sum(1).clamp(min=1)
     return per_anchor.mean(), s_pos.detach(), s_neg.detach(), negatives
+
+
+def _pick(similarities: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``similarities[i, columns[i, r]]`` (columns out of range clamped), keeping nothing of
+    ``similarities``' size for the backward pass (``gather`` would keep it whole)."""
+    rows, cols = similarities.shape
+    flat = torch.arange(rows, device=columns.device)[:, None] * cols + columns.clamp(0, cols - 1)
+    return similarities.flatten().index_select(0, flat.flatten()).view_as(columns)

@@ -62,17 +62,17 @@ def debiased_weights(y_anchors: torch.Tensor, y_candidates: torch.Tensor, score:
 def gumbel_top_k(weights: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Per row of ``weights [A, M]`` (non-negative), ``num`` column indices drawn without replacement.
 
-    Gumbel-top-k in the form of Efraimidis and Spirakis: the ``num`` largest keys
-    ``log(U) / w`` (U uniform in [0, 1), i.e. ``-E / w`` with E ~ Exp(1)), in decreasing order, are
-    distributed as successive draws each proportional to ``w`` among the columns not drawn yet
-    (Plackett-Luce); the first column is thus drawn with probability ``w / sum(w)``. A zero weight
-    gets key -inf and is never drawn: where a row has fewer than ``num`` positive weights, the
-    remaining slots hold -1. Cost: a random number per entry and a top-k per row.
+    Gumbel-top-k, as defined: the columns of the ``num`` largest keys ``log(w) + G`` (G standard
+    Gumbel, ``-log(-log U)``), in decreasing order, are distributed as successive draws each
+    proportional to ``w`` among the columns not drawn yet (Plackett-Luce); the first column is thus
+    drawn with probability ``w / sum(w)``. A zero weight gets key -inf and is never drawn: where a
+    row has fewer than ``num`` positive weights, the remaining slots hold -1. Cost: a random
+    number per entry and a top-k per row.
     """
     rows, cols = weights.shape
-    keys = torch.rand(rows, cols, generator=generator, device=weights.device, dtype=weights.dtype)
-    keys.log_().div_(weights)
-    top = keys.topk(min(num, cols), dim=1)
+    uniform = torch.rand(rows, cols, generator=generator, device=weights.device, dtype=weights.dtype)
+    gumbel = uniform.clamp_(min=torch.finfo(weights.dtype).tiny).log_().neg_().log_().neg_()
+    top = (weights.log() + gumbel).topk(min(num, cols), dim=1)
     drawn = top.indices.masked_fill_(top.values == float("-inf"), -1)
     if num > cols:
         drawn = F.pad(drawn, (0, num - cols), value=-1)
@@ -97,18 +97,19 @@ def successive_sampling(weights: torch.Tensor, num: int, generator: torch.Genera
     proposed = torch.randint(0, cols, (rows, trials), generator=generator, device=weights.device)
     chance = torch.rand(rows, trials, generator=generator, device=weights.device, dtype=weights.dtype)
     accepted = chance < weights.gather(1, proposed)
-    sorted_ids, order = proposed.masked_fill(~accepted, cols).sort(dim=1, stable=True)
-    repeat = torch.zeros_like(accepted)
-    repeat[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]  # an earlier trial accepted the same column
-    new = accepted & ~torch.empty_like(repeat).scatter_(1, order, repeat)
+    key = torch.where(accepted, proposed, cols).int()  # rejected trials sort last
+    sorted_key, order = key.sort(dim=1, stable=True)
+    first = torch.ones_like(accepted)
+    torch.ne(sorted_key[:, 1:], sorted_key[:, :-1], out=first[:, 1:])  # no earlier trial drew this column
+    first &= sorted_key < cols
+    new = torch.empty_like(accepted).scatter_(1, order, first)  # back in trial order
     rank = new.cumsum(dim=1)
-    keep = new & (rank <= num)
-    drawn = proposed.new_full((rows, num + 1), -1)  # the last column takes the trials not kept
-    drawn.scatter_(1, torch.where(keep, rank - 1, num), torch.where(keep, proposed, -1))
-    drawn = drawn[:, :num]
-    short = (rank[:, -1] < num).nonzero().squeeze(1)
+    count = rank[:, -1].clone()
+    slot = rank.sub_(1).masked_fill_(~new, num).clamp_(max=num)  # draw k goes to slot k; the rest to slot num
+    drawn = proposed.new_full((rows, num + 1), -1).scatter_(1, slot, proposed)[:, :num]
+    short = (count < num).nonzero().squeeze(1)
     if short.numel():
-        drawn[short] = _complete(weights[short], drawn[short], rank[short, -1], num, generator)
+        drawn[short] = _complete(weights[short], drawn[short], count[short], num, generator)
     return drawn
 
 

@@ -45,7 +45,8 @@ class MemoryBank:
     def push(self, z: torch.Tensor, y: torch.Tensor) -> None:
         """Add ``z [n, D]`` and ``y [n, E]`` (row i the same pixel); keep only the newest ``size`` entries."""
         if z.dim() != 2 or y.dim() != 2 or z.shape[0] != y.shape[0]:
-            raise ValueError(f"expected z [n, D] and y [n, E] with the same n, got {tuple(z.shape)} and {tuple(y.shape)}")
+            raise ValueError(f"expected z [n, D] and y [n, E] with the same n, "
+                             f"got {tuple(z.shape)} and {tuple(y.shape)}")
         if self._z is None:
             self._z = z.new_zeros(self.size, z.shape[1])
             self._y = y.new_zeros(self.size, y.shape[1])

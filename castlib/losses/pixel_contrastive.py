@@ -155,8 +155,9 @@ def pixel_contrastive_loss(
     if bank is not None:
         bank.push(z_anchor.detach(), y)
     valid = negatives >= 0
+    margin = s_pos.mean() - (s_neg * valid).sum() / valid.sum()
     fnr = None if instance_ids is None else false_negative_rate(negatives, instance_ids)
-    return ContrastiveResult(loss=loss, negatives=negatives, margin=s_pos.mean() - s_neg[valid].mean(), fnr=fnr)
+    return ContrastiveResult(loss=loss, negatives=negatives, margin=margin, fnr=fnr)
 
 
 @torch.no_grad()

@@ -129,7 +129,7 @@ class SetCriterion(nn.Module):
         sizes = {tuple(m.shape[-2:]) for m in masks}
         if len(sizes) > 1:
             raise ValueError(f"target masks must share the batch's image size, got sizes {sorted(sizes)}")
-        for i, (m, lab) in enumerate(zip(masks, labels)):
+        for i, (m, lab) in enumerate(zip(masks, labels, strict=True)):
             if m.dim() != 3 or lab.dim() != 1 or m.shape[0] != lab.shape[0]:
                 raise ValueError(f"image {i}: expected masks [N, H, W] and labels [N], "
                                  f"got {tuple(m.shape)} and {tuple(lab.shape)}")

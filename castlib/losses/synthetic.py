@@ -55,6 +55,6 @@ def instance_predictions(
     classes = torch.randint(0, num_classes, (batch, num_queries), generator=generator)
     classes[:, instances:] = num_classes  # queries without an instance: no object
     class_logits = confidence * torch.nn.functional.one_hot(classes, num_classes + 1).float()
-    noise = lambda shape: torch.randn(shape, generator=generator)  # noqa: E731
+    noise = lambda shape: torch.randn(shape, generator=generator)
     return SyntheticPredictions(mask_logits + noise(mask_logits.shape), class_logits + noise(class_logits.shape),
                                 ids.masked_fill(ids == 0, -1))
