@@ -78,6 +78,14 @@ def test_slots_without_a_candidate_add_nothing_and_both_implementations_agree(lo
     assert trimmed.loss.item() == pytest.approx(fast.loss.item(), rel=1e-12)
 
 
+def test_a_single_pixel_has_no_candidate_and_no_loss():
+    z_weak, z_strong = F.normalize(torch.randn(2, 1, 1, 4), dim=-1)
+    mask_logits, class_logits = torch.randn(1, 3, 1), torch.randn(1, 3, 4)
+    for impl in ("fast", "reference"):
+        out = pixel_contrastive_loss(z_weak, z_strong, mask_logits, class_logits, num_negatives=3, impl=impl)
+        assert out.loss.item() == 0 and (out.negatives == -1).all()
+
+
 def hand_case():
     """Three pixels in 2-D; anchor 0 has negatives 1 and 2, the others none."""
     s = 1 / math.sqrt(2)

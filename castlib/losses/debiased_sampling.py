@@ -8,7 +8,9 @@ Each pixel gets a pseudo-probability embedding from the model's own detached pre
 and a candidate (b', q) is drawn as a negative of the anchor (b, p) with probability proportional
 to a score of the debiased dissimilarity s_deb = max(0, 1 - <y~[b, p], y~[b', q]>): pixels that
 the model assigns to other queries or classes, i.e. likely other instances. R negatives are drawn
-per anchor without replacement (successive sampling) by Gumbel-top-k.
+per anchor without replacement, each in proportion to the weights among the candidates not drawn
+yet (successive sampling): by Gumbel-top-k in the reference implementation, by rejection with a
+Gumbel-top-k completion in the fast one; both follow that law exactly.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def successive_sampling(weights: torch.Tensor, num: int, generator: torch.Genera
     completed by Gumbel-top-k on the columns not drawn yet, which continues the same process.
     """
     rows, cols = weights.shape
+    if cols == 0:  # nothing to propose
+        return gumbel_top_k(weights, num, generator)
     trials = 3 * num if trials is None else trials
     proposed = torch.randint(0, cols, (rows, trials), generator=generator, device=weights.device)
     chance = torch.rand(rows, trials, generator=generator, device=weights.device, dtype=weights.dtype)

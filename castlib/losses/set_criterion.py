@@ -52,19 +52,20 @@ class SetCriterion(nn.Module):
     same with a suffix ``_i`` for ``output.aux[i]``; each already multiplied by its weight, and
     ``loss`` their sum. ``masks[i]`` is ``[N_i, H, W]`` (bool or float) at the batch's image size,
     ``labels[i]`` ``[N_i]`` in ``0..C-1``; an image with no target pushes every query to "no object".
+    The weights and point-sampling sizes are the config's ``loss`` keys (:meth:`from_config`).
     """
 
     def __init__(
         self,
         num_classes: int,
         *,
-        class_weight: float = 2.0,
-        mask_weight: float = 5.0,
-        dice_weight: float = 5.0,
-        no_object_weight: float = 0.1,
-        num_points: int = 12544,
-        oversample_ratio: float = 3.0,
-        importance_sample_ratio: float = 0.75,
+        class_weight: float,
+        mask_weight: float,
+        dice_weight: float,
+        no_object_weight: float,
+        num_points: int,
+        oversample_ratio: float,
+        importance_sample_ratio: float,
     ):
         super().__init__()
         if num_classes < 1:
