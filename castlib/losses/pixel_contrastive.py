@@ -41,7 +41,7 @@ from castlib.losses.memory_bank import MemoryBank
 IMPLEMENTATIONS = {"fast": fast_pixel_contrastive, "reference": reference_pixel_contrastive}
 LOSSES = ("infonce", "hinge")
 SCOPES = ("batch", "memory_bank")
-NOT_OPTIONS = ("weight", "bank_size")  # keys of the config section that the caller uses itself
+NOT_OPTIONS = ("bank_size",)  # keys of the config section that the caller uses itself
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,7 @@ def _default_options() -> dict:
 
 def contrastive_options(section: Mapping) -> dict:
     """Keyword arguments of :func:`pixel_contrastive_loss` from the config's ``loss.contrastive``
-    section: every key but ``weight`` (the caller's lambda_pxl) and ``bank_size`` (the caller's
-    :class:`MemoryBank`)."""
+    section: every key but ``bank_size`` (the size of the caller's :class:`MemoryBank`)."""
     return {key: value for key, value in section.items() if key not in NOT_OPTIONS}
 
 
