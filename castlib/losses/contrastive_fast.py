@@ -12,31 +12,18 @@ their own whose backward skips them. Device-agnostic: everything stays on the in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from castlib.losses.contrastive_inputs import ContrastiveBatch, ContrastiveOptions
 from castlib.losses.debiased_sampling import debiased_weights, successive_sampling
 
-if TYPE_CHECKING:
-    from castlib.losses.pixel_contrastive import ContrastiveOptions
 
-
-def fast_pixel_contrastive(
-    z_anchor: torch.Tensor,
-    z_positive: torch.Tensor,
-    y: torch.Tensor,
-    bank: tuple[torch.Tensor, torch.Tensor] | None,
-    negatives: torch.Tensor | None,
-    opts: ContrastiveOptions,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, s+ [A], s- [A, R], negatives [A, R])`` with cosine similarities.
-
-    Candidates are the anchors (candidate a is anchor a) followed by the bank's ``(z, y~)`` entries.
-    """
+def fast_pixel_contrastive(pixels: ContrastiveBatch, negatives: torch.Tensor | None, opts: ContrastiveOptions,
+                           generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+    """``(loss, s+ [A], s- [A, R], negatives [A, R])``, similarities as cosines."""
+    z_anchor, z_positive, y, bank = pixels.z_anchor, pixels.z_positive, pixels.y, pixels.bank
     anchors = z_anchor.shape[0]
-    y_candidates = y if bank is None else torch.cat([y, bank[1]])
+    y_candidates = pixels.y_candidates
     drawn_chunks, s_neg_chunks = [], []
     for start in range(0, anchors, opts.chunk_size):
         stop = min(start + opts.chunk_size, anchors)

@@ -7,35 +7,21 @@ and for testing :mod:`castlib.losses.contrastive_fast` against.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from castlib.losses.contrastive_inputs import ContrastiveBatch, ContrastiveOptions
 from castlib.losses.debiased_sampling import debiased_weights, gumbel_top_k
 
-if TYPE_CHECKING:
-    from castlib.losses.pixel_contrastive import ContrastiveOptions
 
-
-def reference_pixel_contrastive(
-    z_anchor: torch.Tensor,
-    z_positive: torch.Tensor,
-    y: torch.Tensor,
-    bank: tuple[torch.Tensor, torch.Tensor] | None,
-    negatives: torch.Tensor | None,
-    opts: ContrastiveOptions,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, s+ [A], s- [A, R], negatives [A, R])`` with cosine similarities.
-
-    Candidates are the anchors (candidate a is anchor a) followed by the bank's ``(z, y~)`` entries.
-    """
+def reference_pixel_contrastive(pixels: ContrastiveBatch, negatives: torch.Tensor | None, opts: ContrastiveOptions,
+                                generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+    """``(loss, s+ [A], s- [A, R], negatives [A, R])``, similarities as cosines."""
+    z_anchor, z_positive, bank = pixels.z_anchor, pixels.z_positive, pixels.bank
     z_candidates = z_anchor if bank is None else torch.cat([z_anchor, bank[0]])
-    y_candidates = y if bank is None else torch.cat([y, bank[1]])
     anchors = torch.arange(z_anchor.shape[0], device=z_anchor.device)
     if negatives is None:
         with torch.no_grad():
-            weights = debiased_weights(y, y_candidates, opts.score)  # [A, M]
+            weights = debiased_weights(pixels.y, pixels.y_candidates, opts.score)  # [A, M]
             weights[anchors, anchors] = 0  # the anchor itself is never a candidate
             negatives = gumbel_top_k(weights, opts.num_negatives, generator)
     drawn = negatives >= 0

@@ -26,60 +26,19 @@ loss and gradients.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
-from castlib.config import DEFAULTS_FILE, read_yaml
 from castlib.losses.contrastive_fast import fast_pixel_contrastive
+from castlib.losses.contrastive_inputs import ContrastiveBatch, ContrastiveOptions
 from castlib.losses.contrastive_reference import reference_pixel_contrastive
-from castlib.losses.debiased_sampling import EMBEDDINGS, SCORES, pseudo_probability_embedding
+from castlib.losses.debiased_sampling import pseudo_probability_embedding
 from castlib.losses.memory_bank import MemoryBank
 
 IMPLEMENTATIONS = {"fast": fast_pixel_contrastive, "reference": reference_pixel_contrastive}
-LOSSES = ("infonce", "hinge")
-SCOPES = ("batch", "memory_bank")
 NOT_OPTIONS = ("bank_size",)  # keys of the config section that the caller uses itself
-
-
-@dataclass(frozen=True)
-class ContrastiveOptions:
-    """The options of L_pxl, each a key of ``loss.contrastive`` in ``configs/defaults.yaml`` (defaults there)."""
-
-    num_negatives: int
-    temperature: float
-    score: str
-    embedding: str
-    loss: str
-    margin: float
-    scope: str
-    chunk_size: int
-
-    def __post_init__(self):
-        for name, allowed in (("score", SCORES), ("embedding", EMBEDDINGS), ("loss", LOSSES), ("scope", SCOPES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"contrastive option {name!r} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("num_negatives", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"contrastive option {name!r} must be at least 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"contrastive option 'temperature' must be positive, got {self.temperature}")
-
-    @classmethod
-    def build(cls, **options) -> ContrastiveOptions:
-        """The defaults from ``configs/defaults.yaml`` with ``options`` replacing some of them."""
-        unknown = sorted(set(options) - set(_default_options()))
-        if unknown:
-            raise ValueError(f"unknown contrastive option(s) {unknown}; known: {sorted(_default_options())}")
-        return cls(**{**_default_options(), **options})
-
-
-@functools.cache
-def _default_options() -> dict:
-    section = read_yaml(DEFAULTS_FILE)["loss"]["contrastive"]
-    return {f.name: section[f.name] for f in fields(ContrastiveOptions)}
 
 
 def contrastive_options(section: Mapping) -> dict:
@@ -143,14 +102,14 @@ def pixel_contrastive_loss(
     dtype = torch.promote_types(z_weak.dtype, torch.float32)
     z_anchor, z_positive = z_weak.flatten(0, 1).to(dtype), z_strong.flatten(0, 1).to(dtype)
     y = pseudo_probability_embedding(mask_logits.to(dtype), class_logits.to(dtype), opts.embedding)
-    memory = None
+    pixels = ContrastiveBatch(z_anchor, z_positive, y)
     if bank is not None and len(bank):
         if bank.y.shape[1] != y.shape[1]:
             raise ValueError(f"the memory bank holds y of dim {bank.y.shape[1]}, this batch's is {y.shape[1]}")
-        memory = bank.z.to(z_anchor, copy=True), bank.y.to(y, copy=True)  # the push below must not change them
+        pixels.bank = bank.z.to(z_anchor, copy=True), bank.y.to(y, copy=True)  # the push below must not change them
     if negatives is not None:
-        _check_negatives(negatives, z_anchor.shape[0], z_anchor.shape[0] + (len(bank) if memory else 0))
-    loss, s_pos, s_neg, negatives = IMPLEMENTATIONS[impl](z_anchor, z_positive, y, memory, negatives, opts, generator)
+        _check_negatives(negatives, z_anchor.shape[0], pixels.num_candidates)
+    loss, s_pos, s_neg, negatives = IMPLEMENTATIONS[impl](pixels, negatives, opts, generator)
     if bank is not None:
         bank.push(z_anchor.detach(), y)
     valid = negatives >= 0
