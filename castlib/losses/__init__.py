@@ -1,5 +1,6 @@
 """Losses: the Mask2Former set criterion (L_sup, L_semi) and the pixel-wise contrastive loss L_pxl."""
 
+from castlib.losses.contrastive_inputs import ContrastiveBatch, ContrastiveOptions
 from castlib.losses.debiased_sampling import (
     EMBEDDINGS,
     SCORES,
@@ -10,7 +11,6 @@ from castlib.losses.debiased_sampling import (
 )
 from castlib.losses.memory_bank import MemoryBank
 from castlib.losses.pixel_contrastive import (
-    ContrastiveOptions,
     ContrastiveResult,
     contrastive_options,
     false_negative_rate,
@@ -21,6 +21,7 @@ from castlib.losses.set_criterion import SetCriterion
 __all__ = [
     "EMBEDDINGS",
     "SCORES",
+    "ContrastiveBatch",
     "ContrastiveOptions",
     "ContrastiveResult",
     "MemoryBank",
