@@ -8,12 +8,14 @@ import torch.nn.functional as F
 from scipy import stats
 
 from castlib.losses import (
+    SCORES,
     debiased_weights,
     gumbel_top_k,
     pixel_contrastive_loss,
     pseudo_probability_embedding,
     successive_sampling,
 )
+from castlib.losses.debiased_sampling import ChunkWeights
 from castlib.losses.synthetic import instance_predictions
 
 SAMPLERS = {
@@ -126,3 +128,18 @@ def test_uniform_sampling_weighs_every_candidate_alike():
                                      num_negatives=10, generator=g)
         counts += torch.bincount(out.negatives.flatten(), minlength=72)
     assert stats.chisquare(counts.numpy()).pvalue > 1e-3  # every candidate drawn equally often
+
+
+def test_the_fast_path_reads_the_same_weights_as_the_dense_matrix_with_each_anchor_excluded():
+    preds = instance_predictions(2, 6, 6, 8, 3, instances=5, generator=torch.Generator().manual_seed(8))
+    y = pseudo_probability_embedding(preds.mask_logits.double(), preds.class_logits.double())
+    index = torch.randint(0, 72, (12, 30), generator=torch.Generator().manual_seed(9))
+    index[:, 0] = torch.arange(8, 20)  # each anchor's own column
+    for score in SCORES:
+        dense = debiased_weights(y[8:20], y, score)
+        dense[torch.arange(12), torch.arange(8, 20)] = 0
+        lazy = ChunkWeights(y[8:20], y, score, offset=8)
+        torch.testing.assert_close(lazy.gather(1, index), dense.gather(1, index), rtol=0, atol=0)
+        rows = torch.tensor([0, 5, 11])
+        torch.testing.assert_close(lazy[rows], dense[rows], rtol=0, atol=0)
+        assert (lazy.gather(1, index)[:, 0] == 0).all()

@@ -1,7 +1,8 @@
 """The fast L_pxl, the one training uses (spec 7.3; supplementary E.2-E.4).
 
-Anchors are processed in chunks of ``chunk_size``. Per chunk: the sampling weights ``[c, M]``
-against all M candidates (one matmul), R negatives drawn by :func:`successive_sampling`
+Anchors are processed in chunks of ``chunk_size``. Per chunk: the pseudo-probability similarities
+``[c, M]`` to all M candidates (one matmul, scored only where read: :class:`ChunkWeights`), R
+negatives drawn by :func:`successive_sampling`
 (rejection on uniform proposals, completed by Gumbel-top-k where the weights are small), then the
 chunk's similarities to all candidates as a matmul ``[c, M]``, from which only the drawn
 ``[c, R]`` are picked. The pick keeps nothing of size ``[c, M]`` for the backward pass, so the
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from castlib.losses.contrastive_inputs import ContrastiveBatch, ContrastiveOptions
-from castlib.losses.debiased_sampling import debiased_weights, successive_sampling
+from castlib.losses.debiased_sampling import ChunkWeights, successive_sampling
 
 
 def fast_pixel_contrastive(pixels: ContrastiveBatch, negatives: torch.Tensor | None, opts: ContrastiveOptions,
@@ -29,8 +30,7 @@ def fast_pixel_contrastive(pixels: ContrastiveBatch, negatives: torch.Tensor | N
         stop = min(start + opts.chunk_size, anchors)
         if negatives is None:
             with torch.no_grad():
-                weights = debiased_weights(y[start:stop], y_candidates, opts.score)
-                weights.diagonal(offset=start).zero_()  # anchor start + i is candidate start + i
+                weights = ChunkWeights(y[start:stop], y_candidates, opts.score, offset=start)
                 drawn = successive_sampling(weights, opts.num_negatives, generator)
         else:
             drawn = negatives[start:stop]

@@ -51,13 +51,48 @@ def debiased_weights(y_anchors: torch.Tensor, y_candidates: torch.Tensor, score:
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    one = y_anchors.new_ones(1)
-    weights = torch.addmm(one, y_anchors, y_candidates.T, alpha=-1).clamp_(min=0)  # 1 - <y~_a, y~_c>
+    return _score(y_anchors @ y_candidates.T, score)
+
+
+def _score(similarity: torch.Tensor, score: str) -> torch.Tensor:
+    """s_deb = max(0, 1 - <y~_a, y~_c>) and its Table 5 variant, in place."""
+    weights = similarity.neg_().add_(1).clamp_(min=0)
     if score == "squared":
         weights.square_()
     elif score == "sqrt":
         weights.sqrt_()
     return weights
+
+
+class ChunkWeights:
+    """:func:`debiased_weights` of the anchors ``offset .. offset + c - 1`` (anchor a is candidate a),
+    with each anchor's own weight 0, evaluated only where :func:`successive_sampling` reads them.
+
+    One matmul gives every <y~_a, y~_c>; the score and the exclusion of the anchor itself are then
+    applied to the entries read (:meth:`gather`) or to whole rows (indexing), never to all
+    ``c x M`` entries.
+    """
+
+    def __init__(self, y_anchors: torch.Tensor, y_candidates: torch.Tensor, score: str, offset: int):
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+        self.similarity = y_anchors @ y_candidates.T
+        self.shape, self.device, self.dtype = self.similarity.shape, self.similarity.device, self.similarity.dtype
+        self.score, self.offset = score, offset
+
+    def _own(self, rows: torch.Tensor) -> torch.Tensor:
+        return (self.offset + rows)[:, None]
+
+    def gather(self, dim: int, index: torch.Tensor) -> torch.Tensor:
+        """``weights.gather(1, index)``."""
+        rows = torch.arange(self.shape[0], device=index.device)
+        weights = _score(self.similarity.gather(dim, index), self.score)
+        return weights.masked_fill_(index == self._own(rows), 0)
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        """The dense weights of the chunk's rows ``rows`` (an index tensor)."""
+        weights = _score(self.similarity[rows], self.score)
+        return weights.scatter_(1, self._own(rows), 0)
 
 
 @torch.no_grad()
@@ -82,10 +117,10 @@ def gumbel_top_k(weights: torch.Tensor, num: int, generator: torch.Generator | N
 
 
 @torch.no_grad()
-def successive_sampling(weights: torch.Tensor, num: int, generator: torch.Generator | None = None,
+def successive_sampling(weights: torch.Tensor | ChunkWeights, num: int, generator: torch.Generator | None = None,
                         trials: int | None = None) -> torch.Tensor:
-    """The distribution of :func:`gumbel_top_k` for weights in [0, 1], at a cost independent of M
-    where the weights are not small.
+    """The distribution of :func:`gumbel_top_k` for weights in [0, 1], reading ``3 * num`` weights
+    per row where they are not small (``weights`` a tensor or :class:`ChunkWeights`).
 
     Rejection: each of ``trials`` (default ``3 * num``) per row proposes a uniform column and
     accepts it with probability ``w``; the first acceptance of each column, in trial order, is the
@@ -96,7 +131,7 @@ def successive_sampling(weights: torch.Tensor, num: int, generator: torch.Genera
     """
     rows, cols = weights.shape
     if cols == 0:  # nothing to propose
-        return gumbel_top_k(weights, num, generator)
+        return torch.full((rows, num), -1, device=weights.device)
     trials = 3 * num if trials is None else trials
     proposed = torch.randint(0, cols, (rows, trials), generator=generator, device=weights.device)
     chance = torch.rand(rows, trials, generator=generator, device=weights.device, dtype=weights.dtype)
