@@ -16,10 +16,10 @@ class MemoryBank:
 
     Entries are indexed by their slot ``0 .. len(bank) - 1``; in the loss's ``negatives`` the bank
     entry in slot ``j`` is candidate ``B * N + j``. Storage is allocated on the first :meth:`push`,
-    on the device and in the dtype of the pushed embeddings.
+    on the device and in the dtype of the pushed embeddings. ``size``: ``loss.contrastive.bank_size``.
     """
 
-    def __init__(self, size: int = 10000):
+    def __init__(self, size: int):
         if size < 1:
             raise ValueError(f"memory bank size must be at least 1, got {size}")
         self.size = size

@@ -27,7 +27,6 @@ from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
 
 from castlib.models.output import SegmentationOutput
 
-TERMS = ("loss_cross_entropy", "loss_mask", "loss_dice")
 _LAYER_SUFFIX = re.compile(r"_\d+$")
 
 
