@@ -4,10 +4,11 @@ Anchors are processed in chunks of ``chunk_size``. Per chunk: the pseudo-probabi
 ``[c, M]`` to all M candidates (one matmul, scored only where read: :class:`ChunkWeights`); R
 negatives per anchor drawn by :func:`successive_sampling` (rejection on uniform proposals,
 completed by Gumbel-top-k where the weights are small); then the embedding similarities to all
-candidates as a matmul ``[c, M]``, from which only the drawn ``[c, R]`` are picked. The pick keeps nothing of size ``[c, M]`` for the backward pass, so the
-peak memory is O(chunk x M + A x R): never the anchors x candidates matrix, nor ``[A, R, D]``
-gathered embeddings. Memory-bank entries get no gradient, so their similarities are a matmul of
-their own whose backward skips them. Device-agnostic: everything stays on the inputs' device.
+candidates as a matmul ``[c, M]``, from which only the drawn ``[c, R]`` are picked. The pick keeps
+nothing of size ``[c, M]`` for the backward pass, so the peak memory is O(chunk x M + A x R):
+never the anchors x candidates matrix, nor ``[A, R, D]`` gathered embeddings. Memory-bank entries
+get no gradient, so their similarities are a matmul of their own whose backward skips them.
+Device-agnostic: everything stays on the inputs' device.
 """
 
 from __future__ import annotations
