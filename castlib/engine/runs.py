@@ -36,8 +36,10 @@ from castlib.config import REPO_ROOT, Config, as_config
 from castlib.errors import CastError
 from castlib.io import write_json_atomic, write_text_atomic
 
-# Keys that change how a run executes but not what it computes; they stay out of the run id.
-RUNTIME_KEYS = ("device", "data.num_workers", "train.log_every", "train.checkpoint_every", "runs_dir")
+# Keys that change how or where a run executes but not what it computes; they stay out of the run id.
+# (Where the synthetic sets and split files lie is one of them: their content follows from the config.)
+RUNTIME_KEYS = ("device", "data.num_workers", "data.data_dir", "data.splits_dir", "train.log_every",
+                "train.checkpoint_every", "runs_dir")
 
 
 class RunError(CastError):

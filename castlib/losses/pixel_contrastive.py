@@ -1,0 +1,163 @@
+"""L_pxl, the instance-aware pixel-wise contrastive loss (spec 7.3; supplementary C, E.2-E.4; DESIGN 5).
+
+For every pixel (b, p) of the embedding map, the anchor is its weak embedding z_weak[b, p], the
+positive its strong embedding at the same location, and R negatives are other pixels' weak
+embeddings, drawn by the instance-aware sampler (:mod:`castlib.losses.debiased_sampling`):
+
+    s+ = <z_weak[b, p], z_strong[b, p]>,   s-_r = <z_weak[b, p], z_weak[(b', q)_r]>,
+    infonce:  l = -log exp(s+/T) / (exp(s+/T) + sum_r exp(s-_r/T))        (asymmetric InfoNCE)
+    hinge:    l = mean_r max(0, m - (s+ - s-_r))                           (Table 4, E.2; no T)
+    L_pxl = mean of l over the B * N anchors.
+
+Candidates are every pixel of the batch except the anchor itself (same and other images), plus
+the memory bank's entries with ``scope="memory_bank"`` (Table 7, E.4). Embeddings are used as
+given: the projection heads L2-normalise them, so the inner products are cosine similarities.
+
+Gradients: the loss flows into z_weak (anchors and in-batch negatives) and into z_strong
+(positives), exactly as the caller passes them. The strong view's encoder pass runs without
+gradient (DESIGN 5, Fig. 1 dashed arrow), but its projection head is trainable (Fig. 1), so the
+loss does not detach z_strong; a caller that wants a frozen positive detaches it. Bank entries and
+y~ carry no gradient.
+
+Two implementations share this interface: ``reference`` (dense, from the equations; small inputs
+and tests) and ``fast`` (chunked, training). Given the same ``negatives`` they return the same
+loss and gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from castlib.losses.contrastive_fast import fast_pixel_contrastive
+from castlib.losses.contrastive_inputs import ContrastiveBatch, ContrastiveOptions
+from castlib.losses.contrastive_reference import reference_pixel_contrastive
+from castlib.losses.debiased_sampling import pseudo_probability_embedding
+from castlib.losses.memory_bank import MemoryBank
+
+IMPLEMENTATIONS = {"fast": fast_pixel_contrastive, "reference": reference_pixel_contrastive}
+NOT_OPTIONS = ("bank_size",)  # keys of the config section that the caller uses itself
+
+
+def contrastive_options(section: Mapping) -> dict:
+    """Keyword arguments of :func:`pixel_contrastive_loss` from the config's ``loss.contrastive``
+    section: every key but ``bank_size`` (the size of the caller's :class:`MemoryBank`)."""
+    return {key: value for key, value in section.items() if key not in NOT_OPTIONS}
+
+
+@dataclass
+class ContrastiveResult:
+    """What :func:`pixel_contrastive_loss` returns.
+
+    - ``loss``: scalar L_pxl, differentiable.
+    - ``negatives``: ``[B * N, R]`` int64 candidate indices, in draw order, per anchor ``b * N + p``:
+      ``b' * N + q`` for pixel q of image b', ``B * N + j`` for the memory bank's slot j, -1 where
+      fewer than R candidates had a positive weight (that slot adds nothing to the loss).
+    - ``margin``: mean positive minus mean sampled-negative cosine similarity, Delta_emp of
+      Proposition 3.1 (main Fig. 3), detached.
+    - ``fnr``: with ``instance_ids``, the share of sampled negatives in the anchor's own instance
+      (same image, same id), i.e. 1 - p of Assumption 3.1; otherwise None.
+    """
+
+    loss: torch.Tensor
+    negatives: torch.Tensor
+    margin: torch.Tensor
+    fnr: torch.Tensor | None = None
+
+
+def pixel_contrastive_loss(
+    z_weak: torch.Tensor,
+    z_strong: torch.Tensor,
+    mask_logits: torch.Tensor,
+    class_logits: torch.Tensor,
+    *,
+    negatives: torch.Tensor | None = None,
+    instance_ids: torch.Tensor | None = None,
+    impl: str = "fast",
+    bank: MemoryBank | None = None,
+    generator: torch.Generator | None = None,
+    **options,
+) -> ContrastiveResult:
+    """L_pxl of a batch (spec 7.3) with its diagnostics.
+
+    ``z_weak``, ``z_strong`` ``[B, N, D]`` (unit norm); ``mask_logits`` ``[B, K, N]`` resized to the
+    embedding map and ``class_logits`` ``[B, K, C+1]``, both used detached to build y~;
+    ``instance_ids`` ``[B, N]`` int, per-image instance ids for the false-negative rate (ids >= 0
+    are segments, e.g. 0 for background as one segment; negative ids are unknown and left out).
+    ``negatives`` ``[B * N, R]`` as in :class:`ContrastiveResult` skips sampling (its R wins over
+    ``num_negatives``), so two implementations can be compared on one draw. ``bank`` is required
+    with ``scope="memory_bank"``: its entries are extra candidates, and the batch's (z_weak, y~)
+    are pushed into it after the loss is computed. ``generator`` drives the sampler (default:
+    torch's global one). ``options``: see :class:`ContrastiveOptions`.
+    """
+    opts = ContrastiveOptions.build(**options)
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {sorted(IMPLEMENTATIONS)}, got {impl!r}")
+    _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids)
+    if (opts.scope == "memory_bank") != (bank is not None):
+        raise ValueError(f"scope {opts.scope!r} " + ("needs a MemoryBank (bank=...)" if bank is None
+                                                     else "takes no bank; use scope='memory_bank'"))
+    dtype = torch.promote_types(z_weak.dtype, torch.float32)
+    z_anchor, z_positive = z_weak.flatten(0, 1).to(dtype), z_strong.flatten(0, 1).to(dtype)
+    y = pseudo_probability_embedding(mask_logits.to(dtype), class_logits.to(dtype), opts.embedding)
+    pixels = ContrastiveBatch(z_anchor, z_positive, y)
+    if bank is not None and len(bank):
+        if bank.y.shape[1] != y.shape[1]:
+            raise ValueError(f"the memory bank holds y of dim {bank.y.shape[1]}, this batch's is {y.shape[1]}")
+        pixels.bank = bank.z.to(z_anchor, copy=True), bank.y.to(y, copy=True)  # the push below must not change them
+    if negatives is not None:
+        _check_negatives(negatives, z_anchor.shape[0], pixels.num_candidates)
+    loss, s_pos, s_neg, negatives = IMPLEMENTATIONS[impl](pixels, negatives, opts, generator)
+    if bank is not None:
+        bank.push(z_anchor.detach(), y)
+    valid = negatives >= 0
+    margin = s_pos.mean() - (s_neg * valid).sum() / valid.sum()
+    fnr = None if instance_ids is None else false_negative_rate(negatives, instance_ids)
+    return ContrastiveResult(loss=loss, negatives=negatives, margin=margin, fnr=fnr)
+
+
+@torch.no_grad()
+def false_negative_rate(negatives: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
+    """Share of drawn negatives (``-1`` slots left out) that lie in the anchor's own instance.
+
+    A candidate is in the anchor's instance when it is a pixel of the same image with the same id;
+    memory-bank entries (index >= B * N) come from past images and never are. Pairs with an
+    unknown (negative) id are left out. NaN when no pair is left.
+    """
+    pixels = instance_ids.shape[1]
+    ids = instance_ids.flatten().to(negatives.device)
+    anchors = torch.arange(negatives.shape[0], device=negatives.device)[:, None]
+    in_batch = (negatives >= 0) & (negatives < ids.numel())
+    neg_ids = ids[negatives.clamp(0, ids.numel() - 1)]
+    known = (negatives >= 0) & (ids[anchors] >= 0) & (~in_batch | (neg_ids >= 0))
+    same = in_batch & (negatives // pixels == anchors // pixels) & (neg_ids == ids[anchors])
+    return (same & known).sum() / known.sum()
+
+
+def _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids) -> None:
+    if z_weak.dim() != 3 or z_weak.shape != z_strong.shape:
+        raise ValueError(f"z_weak and z_strong must both be [B, N, D], got {tuple(z_weak.shape)} "
+                         f"and {tuple(z_strong.shape)}")
+    batch, pixels, _ = z_weak.shape
+    if mask_logits.dim() != 3 or mask_logits.shape[0] != batch or mask_logits.shape[2] != pixels:
+        raise ValueError(f"mask_logits must be [B, K, N] = [{batch}, K, {pixels}] (resized to the embedding map), "
+                         f"got {tuple(mask_logits.shape)}")
+    if class_logits.dim() != 3 or class_logits.shape[:2] != mask_logits.shape[:2]:
+        raise ValueError(f"class_logits must be [B, K, C+1] with B, K of mask_logits {tuple(mask_logits.shape[:2])}, "
+                         f"got {tuple(class_logits.shape)}")
+    if instance_ids is not None and tuple(instance_ids.shape) != (batch, pixels):
+        raise ValueError(f"instance_ids must be [B, N] = [{batch}, {pixels}], got {tuple(instance_ids.shape)}")
+
+
+def _check_negatives(negatives: torch.Tensor, anchors: int, candidates: int) -> None:
+    if negatives.dim() != 2 or negatives.shape[0] != anchors or negatives.dtype != torch.int64:
+        raise ValueError(f"negatives must be int64 [B * N, R] = [{anchors}, R], "
+                         f"got {negatives.dtype} {tuple(negatives.shape)}")
+    if negatives.numel() and (int(negatives.min()) < -1 or int(negatives.max()) >= candidates):
+        raise ValueError(f"negatives must index the {candidates} candidates (or be -1), "
+                         f"got values in [{int(negatives.min())}, {int(negatives.max())}]")
+    own = negatives == torch.arange(anchors, device=negatives.device)[:, None]
+    if own.any():
+        raise ValueError(f"an anchor is never its own negative; anchor {int(own.any(1).nonzero()[0])} is")
