@@ -190,7 +190,9 @@ def test_a_killed_run_resumes_to_the_same_final_metrics_and_weights(pipeline, wo
     [straight] = [r for r in (tmp_path / "straight" / "runs").iterdir()
                   if json.loads((r / "run.json").read_text())["stage"] == "knowledge_transfer"]
     resumed = tmp_path / "killed" / "runs" / straight.name
-    assert json.loads((resumed / "metrics.json").read_text()) == json.loads((straight / "metrics.json").read_text())
+    where = lambda m: {k: v for k, v in m.items() if k != "ground_truth"}  # noqa: E731  (its path differs)
+    metrics = [where(json.loads((d / "metrics.json").read_text())) for d in (straight, resumed)]
+    assert metrics[0] == metrics[1] and metrics[0]["train"]["iterations"] == 10
     a, b = _state(straight / "model"), _state(resumed / "model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (resumed / "log.csv").read_text() == (straight / "log.csv").read_text()
