@@ -94,6 +94,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
           f"-> {run.dir / 'metrics.json'}")
 
 
+def cmd_efficiency(args: argparse.Namespace) -> None:
+    from castlib.engine.distributed import resolve_device
+    from castlib.eval.efficiency import teacher_vs_student
+    from castlib.tables import write_table
+
+    cfg = config_from_args(args)
+    table = teacher_vs_student(cfg, args.teacher, args.student, resolve_device(cfg.device))
+    stem = f"{args.out}/efficiency_{cfg.profile}_{cfg.data.dataset}"
+    trained = "trained runs" if args.teacher or args.student else "models built from the config"
+    caption = (f"Teacher vs student efficiency (main-paper Fig. 2), profile `{cfg.profile}`, {trained}; "
+               f"setting per row (device, dtype, input size, batch, threads).")
+    for path in write_table(table.reset_index(names="model"), stem, caption):
+        print(path)
+    print(table.T.to_string())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m castlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", "-p", default="smoke", help="only used to find runs_dir")
     p.add_argument("--runs-dir", help="where the runs are (default: the profile's runs_dir)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("efficiency", help="teacher vs student params, FLOPs, latency, FPS, memory (Fig. 2)")
+    add_config_arguments(p)
+    p.add_argument("--teacher", help="a trained teacher's model folder (a run's model/); default: from the config")
+    p.add_argument("--student", help="a trained student's model folder; default: from the config")
+    p.add_argument("--out", default="results/efficiency", help="folder for the csv and markdown tables")
+    p.set_defaults(func=cmd_efficiency)
 
     p = sub.add_parser("notebooks", help="run notebooks headless (papermill) from their .py sources")
     p.add_argument("sources", nargs="*", help="notebooks/NN_*.py files (default: all, in order)")

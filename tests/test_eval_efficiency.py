@@ -73,3 +73,15 @@ def test_models_are_put_side_by_side():
     assert {"latency_ms", "fps", "peak_memory_mb", "device", "dtype", "input_size", "threads"} <= set(table.columns)
     assert list(table.T.columns) == ["teacher", "student"]
     assert efficiency_table([]).empty
+
+
+def test_teacher_and_student_side_by_side_with_the_students_change(smoke_config):
+    from castlib.eval.efficiency import teacher_vs_student
+
+    cfg = smoke_config("eval.efficiency.warmup=0", "eval.efficiency.repeats=1")
+    table = teacher_vs_student(cfg)
+    assert list(table.index) == ["teacher", "student", "student vs teacher"]
+    assert table.loc["teacher", "params_M"] > table.loc["student", "params_M"] > 0
+    expected = 100 * (table.loc["student", "params_M"] / table.loc["teacher", "params_M"] - 1)
+    assert table.loc["student vs teacher", "params_M"] == f"{expected:+.1f}%"
+    assert table.loc["student", "input_size"] == tuple(cfg.eval.efficiency.input_size)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from castlib.models.base import WEIGHTS_FILE
 
 from castlib.config import REPO_ROOT, load_config
 from castlib.data.loaders import build_dataset, read_split_ids
 from castlib.engine import loop, stages
 from castlib.engine.checkpoint import load_checkpoint
 from castlib.engine.runs import RunError, create_run
+from castlib.models.base import WEIGHTS_FILE
 
 
 def _overrides(root: Path) -> list[str]:

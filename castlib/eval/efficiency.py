@@ -197,3 +197,26 @@ def compare_efficiency(models: Mapping[str, nn.Module], **settings) -> pd.DataFr
     """Measure each model (e.g. ``{"teacher": ..., "student": ...}``) in the same setting (the
     keyword arguments of :func:`measure_efficiency`, e.g. ``**cfg.eval.efficiency``) and tabulate."""
     return efficiency_table([measure_efficiency(model, name=name, **settings) for name, model in models.items()])
+
+
+def teacher_vs_student(cfg, teacher_dir: str | Path | None = None, student_dir: str | Path | None = None,
+                       device: str | torch.device = "cpu") -> pd.DataFrame:
+    """Main-paper Fig. 2 for a config: the teacher beside the student in ``cfg.eval.efficiency``'s setting.
+
+    The models are the trained ones when their ``save_pretrained`` folders are given (a run's ``model/``),
+    else built from the config (paper: the pretrained weights; smoke/mini: random weights, same sizes).
+    A last row gives the student's change relative to the teacher, as Fig. 2 does.
+    """
+    from castlib.data.classes import CLASS_LISTS
+    from castlib.models import build_model
+
+    num_classes = len(CLASS_LISTS[cfg.data.dataset])
+    models = {name: build_model(cfg, name, num_classes, pretrained=folder).to(device)
+              for name, folder in (("teacher", teacher_dir), ("student", student_dir))}
+    digits = {"params_M": 3, "GFLOPs": 3, "latency_ms": 2, "latency_iqr_ms": 2, "fps": 2, "peak_memory_mb": 1,
+              "weights_mb": 1}
+    table = compare_efficiency(models, **cfg.eval.efficiency).round(digits)
+    change = {column: f"{100 * (table.loc['student', column] / table.loc['teacher', column] - 1):+.1f}%"
+              for column in ("params_M", "GFLOPs", "latency_ms", "fps", "peak_memory_mb")
+              if table.loc["teacher", column] and table.loc["student", column] is not None}
+    return pd.concat([table.astype(object), pd.DataFrame([change], index=["student vs teacher"])])
