@@ -10,9 +10,9 @@ Peak memory is what one step adds to the memory in use: on CPU the growth of the
 CUDA ``max_memory_allocated``.
 
 Checks: fast >= 5x faster and >= 10x lower peak memory than the reference at 4096 anchors; at
-32768 anchors the fast one's measured peak fits the 6 GiB one process may use on the kit's shared
-CPU machine, while the reference's, extrapolated from its measured growth at 1024-4096 anchors,
-exceeds it (the reference is not run there; the machine's total memory is reported beside it);
+32768 anchors the fast one's measured peak fits this machine's memory, while the reference's,
+extrapolated from its measured growth at 1024-4096 anchors, should exceed it (the reference is not
+run there: on the kit's 24 GiB CPU machine its extrapolated ~10 GiB would fit, so that check fails);
 the memory bank (10k entries) costs <= 1.3x the in-batch loss time at 32768 anchors (supplementary
 E.4 reports 2.2x longer training); the hinge <= 1.05x InfoNCE (E.2 reports 1.6x).
 ``python -m benchmarks.bench_contrastive --device cuda`` measures the same on a GPU.
@@ -39,7 +39,6 @@ from castlib.losses.synthetic import instance_predictions
 SIDE, R, D, K, C, BANK = 32, 200, 128, 100, 8, 10_000  # each image: a 32 x 32 embedding map
 SPEED_IMAGES, LARGE_IMAGES = 4, 32  # 4096 and 32768 anchors
 REFERENCE_FIT_IMAGES = (1, 2, 4)
-PROCESS_BUDGET = 6 * 2**30
 
 
 def inputs(images: int, device: str, trained: bool = True, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -174,6 +173,7 @@ def run(device: str = "cpu") -> dict:
     anchors = [n * SIDE * SIDE for n in REFERENCE_FIT_IMAGES]
     large_anchors = LARGE_IMAGES * SIDE * SIDE
     reference_large_peak = extrapolate(anchors, scale["reference_peaks"], large_anchors)
+    machine = machine_memory(device)
     speedup = speed["reference"] / speed["fast"]
     memory_ratio = scale["reference_peaks"][-1] / scale["fast_peak"]
     bank_ratio = scale["fast_large_memory_bank_s"] / scale["fast_large_s"]
@@ -196,16 +196,17 @@ def run(device: str = "cpu") -> dict:
         "fast_large_memory_bank_s": scale["fast_large_memory_bank_s"],
         "fast_large_peak_bytes": scale["fast_large_peak"],
         "reference_large_peak_bytes_extrapolated": reference_large_peak,
-        "machine_memory_bytes": machine_memory(device),
+        "machine_memory_bytes": machine,
         "memory_bank_time_ratio": bank_ratio,
         "hinge_time_ratio": hinge_ratio,
         "checks": [
             check("fast vs reference speed-up, 4096 anchors", speedup, ">= 5", speedup >= 5),
             check("fast vs reference peak-memory ratio, 4096 anchors", memory_ratio, ">= 10", memory_ratio >= 10),
-            check("fast peak GiB, 32768 anchors", scale["fast_large_peak"] / 2**30, "<= 6 (one process's budget)",
-                  scale["fast_large_peak"] <= PROCESS_BUDGET),
+            check("fast peak GiB, 32768 anchors", scale["fast_large_peak"] / 2**30,
+                  f"<= {machine / 2**30:.1f} (this machine's memory)", scale["fast_large_peak"] <= machine),
             check("reference peak GiB, 32768 anchors (extrapolated, not run)", reference_large_peak / 2**30,
-                  "> 6 (one process's budget)", reference_large_peak > PROCESS_BUDGET),
+                  f"> {machine / 2**30:.1f} (this machine's memory: the reference cannot run)",
+                  reference_large_peak > machine),
             check("memory bank / in-batch time, 32768 anchors", bank_ratio, "<= 1.3", bank_ratio <= 1.3),
             check("hinge / InfoNCE time, 4096 anchors", hinge_ratio, "<= 1.05", hinge_ratio <= 1.05),
         ],
