@@ -28,10 +28,13 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q
 
-## reproduce: data, splits, every notebook in order (papermill), tables and figures under results/
+## reproduce: data, splits, the CAST pipeline on both datasets, efficiency, every notebook in order (papermill)
 reproduce: setup
 	$(PY) -m castlib prepare --profile $(PROFILE) --dataset cityscapes
 	$(PY) -m castlib prepare --profile $(PROFILE) --dataset ade20k
+	$(PY) -m castlib train --profile $(PROFILE) --dataset cityscapes --stage cast
+	$(PY) -m castlib train --profile $(PROFILE) --dataset ade20k --stage cast
+	$(PY) -m castlib efficiency --profile $(PROFILE) --dataset cityscapes --out $(RESULTS)/efficiency
 	$(PY) -m castlib notebooks --profile $(PROFILE) --out $(RESULTS)/notebooks $(NOTEBOOKS)
 
 ## bench: speed and memory benchmarks; ratios written to results/benchmarks/

@@ -3,7 +3,7 @@
 One forward + backward of :func:`castlib.losses.pixel_contrastive_loss` with R = 200 negatives,
 D = 128, K = 100 queries, C = 8 classes, on predictions shaped like a trained model's
 (:mod:`castlib.losses.synthetic`; the speed-up on untrained, standard-normal logits is reported
-beside it). Times are the best of interleaved repeats (6 at 4096 anchors, 2 at 32768), so ratios compare runs
+beside it). Times are the best of interleaved repeats (10 at 4096 anchors, 2 at 32768), so ratios compare runs
 under the same load.
 Peak memory is what one step adds to the memory in use: on CPU the growth of the resident set
 (high-water mark reset first) in a fresh process whose freed blocks go back to the system; on
@@ -63,8 +63,10 @@ def full_bank(device: str) -> MemoryBank:
 
 
 def step(tensors: tuple[torch.Tensor, ...], **options) -> None:
-    """One forward and backward pass."""
-    pixel_contrastive_loss(*tensors, num_negatives=R, **options).loss.backward()
+    """One forward and backward pass; every call draws the same negatives, so variants that differ only
+    in the loss (InfoNCE vs hinge) do the same sampling work."""
+    generator = torch.Generator(tensors[0].device).manual_seed(1)
+    pixel_contrastive_loss(*tensors, num_negatives=R, generator=generator, **options).loss.backward()
 
 
 def _sync(device: str) -> None:
@@ -163,7 +165,7 @@ def run(device: str = "cpu") -> dict:
         "fast_hinge": lambda: step(small, impl="fast", loss="hinge"),
         "fast_untrained": lambda: step(untrained, impl="fast"),
         "reference_untrained": lambda: step(untrained, impl="reference"),
-    }, repeats=6, device=device)
+    }, repeats=10, device=device)
     if device == "cuda":
         scale = memory_and_scale(device)
     else:
