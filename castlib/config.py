@@ -52,9 +52,6 @@ class Config(dict):
     def to_dict(self) -> dict:
         return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
 
 def as_config(obj: Any) -> Any:
     """Nested mappings as :class:`Config` (attribute access), lists kept."""

@@ -7,7 +7,6 @@ written beside the notebook's own outputs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,3 @@ def run_notebook(source: str | Path, out_dir: str | Path, cell_timeout: int | No
                                kernel_name="python3", progress_bar=False, start_timeout=120,
                                execution_timeout=cell_timeout)
     return executed
-
-
-def run_notebooks(sources: Iterable[str | Path], out_dir: str | Path, **parameters: Any) -> list[Path]:
-    return [run_notebook(s, out_dir, **parameters) for s in sources]

@@ -9,6 +9,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from scipy.ndimage import binary_erosion
 
 from castlib.data.sample import InstanceSample
 from castlib.io import atomic_path
@@ -28,18 +29,10 @@ def overlay_instances(image: torch.Tensor, masks: torch.Tensor, alpha: float = 0
     masks = masks.detach().cpu().numpy().astype(bool)
     for colour, mask in zip(instance_colours(len(masks)), masks, strict=True):
         out[mask] = (1 - alpha) * out[mask] + alpha * colour
-        edge = mask ^ _erode(mask)
+        edge = mask ^ binary_erosion(mask)
         out[edge] = colour * 0.6
     return out
 
-
-def _erode(mask: np.ndarray) -> np.ndarray:
-    inner = mask.copy()
-    inner[1:] &= mask[:-1]
-    inner[:-1] &= mask[1:]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return inner
 
 
 def show_samples(samples: Sequence[InstanceSample], class_names: Sequence[str], columns: int = 2):

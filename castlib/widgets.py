@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
+from IPython.display import display
 
 from castlib.data.datasets import InstanceDataset
 from castlib.plots import show_samples
@@ -21,7 +22,8 @@ def sample_browser(dataset: InstanceDataset, class_names: Sequence[str] | None =
         with out:
             out.clear_output(wait=True)
             fig = show_samples([dataset[slider.value]], names, columns=1)
-            plt.show(fig)
+            display(fig)
+            plt.close(fig)
 
     slider.observe(draw, names="value")
     draw()

@@ -28,6 +28,12 @@ def ade20k_root(tmp_path_factory):
     return generate(ADE20K_SPEC, tmp_path_factory.mktemp("data") / "ade20k")
 
 
+@pytest.fixture(scope="session")
+def cfg():
+    """The smoke profile as shipped (tests that write data use ``smoke_config``)."""
+    return load_config("smoke")
+
+
 @pytest.fixture
 def smoke_config(tmp_path):
     """The smoke profile with its data and split folders in a temporary directory."""

@@ -15,11 +15,6 @@ from castlib.models import PretrainedWeightsError, build_model
 C = 8
 
 
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config("smoke")
-
-
 @pytest.mark.parametrize("which", ["student", "baseline", "teacher"])
 def test_a_saved_model_loads_back_identically_offline(cfg, which, tmp_path):
     torch.manual_seed(0)

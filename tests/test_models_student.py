@@ -14,11 +14,6 @@ C = 8  # Cityscapes thing classes
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return load_config("smoke")
-
-
-@pytest.fixture(scope="module")
 def student(cfg):
     torch.manual_seed(0)
     return build_model(cfg, "student", C)

@@ -17,11 +17,6 @@ C = len(CITYSCAPES)
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return load_config("smoke")
-
-
-@pytest.fixture(scope="module")
 def teacher(cfg):
     torch.manual_seed(0)
     return build_model(cfg, "teacher", C).eval()

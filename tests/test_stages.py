@@ -93,6 +93,8 @@ def test_pseudo_labels_are_written_in_the_dataset_format_and_read_by_the_ordinar
     assert not (sample.masks.sum(0) > 1).any()  # painted without overlap
     files = list(labels.pseudo_label_dir.rglob("*_gtFine_instanceIds.png"))
     assert len(files) == len(unlabelled)
+    counts = [len(dataset[i].labels) for i in range(len(dataset))]
+    assert labels.metrics["instances_per_image"] == pytest.approx(sum(counts) / len(counts))
 
 
 def test_a_second_request_for_a_complete_run_trains_nothing(cfg, pipeline, monkeypatch):

@@ -8,9 +8,13 @@ from castlib.widgets import choice_panel, sample_browser
 
 def test_the_sample_browser_redraws_when_the_slider_moves(cityscapes_root, monkeypatch):
     drawn = []
-    monkeypatch.setattr("castlib.widgets.show_samples", lambda samples, names, columns: drawn.append(
-        samples[0].image_id))
-    monkeypatch.setattr("castlib.widgets.plt.show", lambda fig: None)
+    import matplotlib.pyplot as plt
+
+    def draw(samples, names, columns):
+        drawn.append(samples[0].image_id)
+        return plt.figure()
+
+    monkeypatch.setattr("castlib.widgets.show_samples", draw)
     dataset = CityscapesInstances(cityscapes_root, "train")
     box = sample_browser(dataset)
     slider = next(c for c in box.children if isinstance(c, W.IntSlider))

@@ -186,7 +186,6 @@ def pseudo_labels(cfg: Config, teacher: Run) -> Run:
     model = load_model(cfg, teacher, "teacher").to(ctx.device).eval()
     images = build_dataset(cfg, "train", read_split_ids(cfg, "unlabelled"), load_annotations=False,
                            transform=EvalView(cfg.augment.eval_short_side or None))
-    counts = []
     for index in tqdm(range(ctx.rank, len(images), ctx.world), desc="pseudo-labels", disable=not ctx.is_main):
         image_id = images.image_ids[index]
         target = images.annotation_path(image_id).relative_to(images.annotation_root)
@@ -199,10 +198,11 @@ def pseudo_labels(cfg: Config, teacher: Run) -> Run:
         keep = masks.flatten(1).any(1)
         images.write_annotation(run.pseudo_label_dir, image_id, masks[keep].cpu().numpy(),
                                 found["labels"][keep].cpu().numpy())
-        counts.append(int(keep.sum()))
     D.barrier(ctx)
-    if ctx.is_main:
-        summary = {"images": len(images), "instances_per_image_rank0": float(np.mean(counts)) if counts else 0.0,
+    if ctx.is_main:  # counted from the files, so resumed and multi-process runs count every image
+        counts = [len(images.decode(run.pseudo_label_dir / images.annotation_path(i).relative_to(
+            images.annotation_root))[1]) for i in images.image_ids]
+        summary = {"images": len(images), "instances_per_image": float(np.mean(counts)) if counts else 0.0,
                    "threshold": p.threshold, "max_instances": p.max_instances}
         write_json_atomic(run.dir / "metrics.json", summary)
         run.mark_complete(summary)
