@@ -97,7 +97,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_efficiency(args: argparse.Namespace) -> None:
     from castlib.engine.distributed import resolve_device
     from castlib.eval.efficiency import teacher_vs_student
-    from castlib.tables import write_table
+    from castlib.report.tables import write_table
 
     cfg = config_from_args(args)
     table = teacher_vs_student(cfg, args.teacher, args.student, resolve_device(cfg.device))

@@ -40,8 +40,8 @@ import torch
 
 from castlib.config import load_config
 from castlib.data import build_dataset, labelled_dataset, make_splits, prepare_data
-from castlib.plots import save_figure, show_samples, show_views
-from castlib.tables import class_statistics, split_table, write_table
+from castlib.report.plots import save_figure, show_samples, show_views
+from castlib.report.tables import class_statistics, split_table, write_table
 
 overrides = [f"data.dataset={dataset}"] + ([f"data.root={data_root}"] if data_root else [])
 cfg = load_config(profile, overrides)
@@ -91,6 +91,6 @@ save_figure(fig, out / "views.png")
 # A slider over the training images (in Jupyter; headless runs skip the widget).
 
 # %%
-from castlib.widgets import sample_browser
+from castlib.report.widgets import sample_browser
 
 sample_browser(train) if interactive else print("interactive=False: widget not shown")

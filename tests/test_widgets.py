@@ -3,7 +3,7 @@
 import ipywidgets as W
 
 from castlib.data.datasets import CityscapesInstances
-from castlib.widgets import choice_panel, sample_browser
+from castlib.report.widgets import choice_panel, sample_browser
 
 
 def test_the_sample_browser_redraws_when_the_slider_moves(cityscapes_root, monkeypatch):
@@ -14,7 +14,7 @@ def test_the_sample_browser_redraws_when_the_slider_moves(cityscapes_root, monke
         drawn.append(samples[0].image_id)
         return plt.figure()
 
-    monkeypatch.setattr("castlib.widgets.show_samples", draw)
+    monkeypatch.setattr("castlib.report.widgets.show_samples", draw)
     dataset = CityscapesInstances(cityscapes_root, "train")
     box = sample_browser(dataset)
     slider = next(c for c in box.children if isinstance(c, W.IntSlider))

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 from IPython.display import display
 
 from castlib.data.datasets import InstanceDataset
-from castlib.plots import show_samples
+from castlib.report.plots import show_samples
 
 
 def sample_browser(dataset: InstanceDataset, class_names: Sequence[str] | None = None) -> W.Widget:
