@@ -130,6 +130,19 @@ def test_the_false_negative_rate_counts_negatives_in_the_anchors_own_instance():
     assert out.fnr.item() == pytest.approx(2 / 5)  # (0, 2) and (2, 0) of the 5 drawn pairs
 
 
+def test_background_pixels_are_no_instance_for_the_false_negative_rate():
+    z_weak, z_strong, mask_logits, class_logits, _ = hand_case()
+    negatives = torch.tensor([[1, 2], [0, -1], [0, 1]])
+    out = pixel_contrastive_loss(z_weak, z_strong, mask_logits, class_logits, negatives=negatives,
+                                 instance_ids=torch.tensor([[0, 0, 7]]))
+    assert out.fnr.isnan()  # two background pixels are no false negative; anchor 2 meets only background
+    assert out.background_share.item() == pytest.approx(2 / 2)  # anchor 2's negatives 0 and 1
+    out = pixel_contrastive_loss(z_weak, z_strong, mask_logits, class_logits, negatives=negatives,
+                                 instance_ids=torch.tensor([[3, 0, 3]]))
+    assert out.fnr.item() == pytest.approx(2 / 2)  # (0, 2) and (2, 0); the pairs with background pixel 1 left out
+    assert out.background_share.item() == pytest.approx(2 / 4)  # (0, 1) and (2, 1) of the instance anchors' 4
+
+
 def test_the_instance_aware_sampler_draws_far_fewer_false_negatives_than_uniform_sampling():
     g = torch.Generator().manual_seed(0)
     preds = instance_predictions(2, 16, 16, 30, 8, instances=12, generator=g)

@@ -38,7 +38,8 @@ def take(output: SegmentationOutput, start: int, stop: int | None = None) -> Seg
 
 def instance_id_map(masks: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     """``[B, h*w]`` instance ids at the embedding resolution (nearest): ``k + 1`` inside instance k,
-    0 on background, as the false-negative rate of L_pxl's negatives needs (main Fig. 3)."""
+    0 on background, as the false-negative rate of L_pxl's negatives (main Fig. 3) and the background
+    share of :func:`castlib.losses.background_share` need."""
     ids = []
     for m in masks:
         full = torch.zeros(m.shape[-2:], dtype=torch.long, device=m.device)
@@ -96,8 +97,8 @@ class Objective(nn.Module):
             total = total + self.contrastive_weight * result.loss
             losses["pxl/loss"] = result.loss.detach()
             losses["pxl/margin"] = result.margin.detach()
-            if result.fnr is not None:
-                losses["pxl/fnr"] = result.fnr.detach()
+            losses["pxl/fnr"] = result.fnr.detach()
+            losses["pxl/background_share"] = result.background_share.detach()
         losses["loss"] = total
         return losses
 

@@ -57,14 +57,18 @@ class ContrastiveResult:
       fewer than R candidates had a positive weight (that slot adds nothing to the loss).
     - ``margin``: mean positive minus mean sampled-negative cosine similarity, Delta_emp of
       Proposition 3.1 (main Fig. 3), detached.
-    - ``fnr``: with ``instance_ids``, the share of sampled negatives in the anchor's own instance
-      (same image, same id), i.e. 1 - p of Assumption 3.1; otherwise None.
+    - ``fnr``: with ``instance_ids``, the share of an instance anchor's sampled instance negatives that
+      lie in the anchor's own instance (same image, same id), i.e. 1 - p of Assumption 3.1
+      (Proposition 3.1, main Fig. 3); background anchors and candidates are left out. Otherwise None.
+    - ``background_share``: with ``instance_ids``, the share of an instance anchor's sampled in-batch
+      negatives that are background pixels; otherwise None.
     """
 
     loss: torch.Tensor
     negatives: torch.Tensor
     margin: torch.Tensor
     fnr: torch.Tensor | None = None
+    background_share: torch.Tensor | None = None
 
 
 def pixel_contrastive_loss(
@@ -84,8 +88,8 @@ def pixel_contrastive_loss(
 
     ``z_weak``, ``z_strong`` ``[B, N, D]`` (unit norm); ``mask_logits`` ``[B, K, N]`` resized to the
     embedding map and ``class_logits`` ``[B, K, C+1]``, both used detached to build y~;
-    ``instance_ids`` ``[B, N]`` int, per-image instance ids for the false-negative rate (ids >= 0
-    are segments, e.g. 0 for background as one segment; negative ids are unknown and left out).
+    ``instance_ids`` ``[B, N]`` int, per-image instance ids for the false-negative rate (ids >= 1
+    are instances, 0 is background, negative ids are unknown and left out).
     ``negatives`` ``[B * N, R]`` as in :class:`ContrastiveResult` skips sampling (its R wins over
     ``num_negatives``), so two implementations can be compared on one draw. ``bank`` is required
     with ``scope="memory_bank"``: its entries are extra candidates, and the batch's (z_weak, y~)
@@ -114,26 +118,47 @@ def pixel_contrastive_loss(
         bank.push(z_anchor.detach(), y)
     valid = negatives >= 0
     margin = s_pos.mean() - (s_neg * valid).sum() / valid.sum()
-    fnr = None if instance_ids is None else false_negative_rate(negatives, instance_ids)
-    return ContrastiveResult(loss=loss, negatives=negatives, margin=margin, fnr=fnr)
+    if instance_ids is None:
+        return ContrastiveResult(loss=loss, negatives=negatives, margin=margin)
+    return ContrastiveResult(loss=loss, negatives=negatives, margin=margin,
+                             fnr=false_negative_rate(negatives, instance_ids),
+                             background_share=background_share(negatives, instance_ids))
 
 
-@torch.no_grad()
-def false_negative_rate(negatives: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
-    """Share of drawn negatives (``-1`` slots left out) that lie in the anchor's own instance.
-
-    A candidate is in the anchor's instance when it is a pixel of the same image with the same id;
-    memory-bank entries (index >= B * N) come from past images and never are. Pairs with an
-    unknown (negative) id are left out. NaN when no pair is left.
-    """
+def _negative_ids(negatives: torch.Tensor, instance_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per drawn pair: the anchor's id, the candidate's id (-1 for bank entries and empty slots), and
+    whether both lie in the same image."""
     pixels = instance_ids.shape[1]
     ids = instance_ids.flatten().to(negatives.device)
     anchors = torch.arange(negatives.shape[0], device=negatives.device)[:, None]
     in_batch = (negatives >= 0) & (negatives < ids.numel())
-    neg_ids = ids[negatives.clamp(0, ids.numel() - 1)]
-    known = (negatives >= 0) & (ids[anchors] >= 0) & (~in_batch | (neg_ids >= 0))
-    same = in_batch & (negatives // pixels == anchors // pixels) & (neg_ids == ids[anchors])
-    return (same & known).sum() / known.sum()
+    candidate_ids = torch.where(in_batch, ids[negatives.clamp(0, ids.numel() - 1)], -1)
+    return ids[anchors].expand_as(negatives), candidate_ids, negatives // pixels == anchors // pixels
+
+
+@torch.no_grad()
+def false_negative_rate(negatives: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
+    """Share of the drawn negatives of instance anchors, among those in an instance, that lie in the
+    anchor's own instance (Proposition 3.1: 1 - p; main Fig. 3).
+
+    Ids >= 1 are instances, 0 is background, negative ids are unknown. A candidate is in the anchor's
+    instance when it is a pixel of the same image with the same id. Background anchors, background
+    candidates, unknown ids, ``-1`` slots and memory-bank entries (index >= B * N, past images whose
+    ids are not kept) are left out. NaN when no pair is left.
+    """
+    anchor_ids, candidate_ids, same_image = _negative_ids(negatives, instance_ids)
+    counted = (anchor_ids >= 1) & (candidate_ids >= 1)
+    same = counted & same_image & (candidate_ids == anchor_ids)
+    return same.sum() / counted.sum()
+
+
+@torch.no_grad()
+def background_share(negatives: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
+    """Share of the drawn in-batch negatives of instance anchors (ids as in :func:`false_negative_rate`)
+    that are background pixels. NaN when no pair is left."""
+    anchor_ids, candidate_ids, _ = _negative_ids(negatives, instance_ids)
+    counted = (anchor_ids >= 1) & (candidate_ids >= 0)
+    return (counted & (candidate_ids == 0)).sum() / counted.sum()
 
 
 def _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids) -> None:
