@@ -273,7 +273,7 @@ def _optimizer(model, role: str, section: Config):
         rates = {"teacher": (groups["encoder"] + groups["decoder"], section.lr)}
     else:
         rates = {"encoder": (groups["encoder"], section.encoder_lr), "decoder": (groups["decoder"], section.decoder_lr)}
-    return build_optimizer(rates, section.weight_decay)
+    return build_optimizer(model, rates, section.weight_decay)
 
 
 def _scheduler(optimizer, section: Config, iterations: int):
