@@ -48,7 +48,7 @@ def run(impl, z_weak, z_strong, *rest, **kw):
 def test_fast_and_reference_give_the_same_loss_and_gradients_on_the_same_draw(score, embedding, loss, scope):
     z_weak, z_strong, mask_logits, class_logits, _ = inputs()
     opts = dict(score=score, embedding=embedding, loss=loss, scope=scope, num_negatives=12, chunk_size=7)
-    banks = [filled_bank(embedding) for _ in range(2)] if scope == "memory_bank" else [None, None]
+    banks = [filled_bank(embedding, size=50) for _ in range(2)] if scope == "memory_bank" else [None, None]
     for first, second in (("fast", "reference"), ("reference", "fast")):
         b1, b2 = copy.deepcopy(banks[0]), copy.deepcopy(banks[1])
         drawn, *grads = run(first, z_weak, z_strong, mask_logits, class_logits, bank=b1,
@@ -165,6 +165,25 @@ def test_the_memory_bank_keeps_the_newest_entries_first_in_first_out():
     torch.testing.assert_close(bank.y[:, 0], -bank.z[:, 0])  # pairs stay together
     bank.push(torch.full((12_000, 4), -1.0, dtype=torch.float64), torch.zeros(12_000, 1, dtype=torch.float64))
     assert (bank.z == -1).all()  # a push larger than the bank keeps its own newest entries
+
+
+def test_after_k_steps_the_bank_holds_pixels_of_k_distinct_batches_and_of_both_halves():
+    batch, pixels, dim, steps = 8, 30, 16, 4
+    bank = MemoryBank(size=400, batches=steps)  # 100 of each batch's 240 pixels
+    g = torch.Generator().manual_seed(0)
+    pushed = []  # z of every pixel pushed so far, row t * B * N + b * N + p
+    for _ in range(steps + 2):
+        z, _, mask_logits, class_logits, _ = inputs(batch=batch, height=5, width=6, dim=dim, seed=len(pushed))
+        pixel_contrastive_loss(z, z, mask_logits, class_logits, scope="memory_bank", bank=bank, num_negatives=8,
+                               generator=g)
+        pushed.append(z.flatten(0, 1))
+    rows = torch.cdist(bank.z, torch.cat(pushed)).argmin(1)
+    step, image = rows // (batch * pixels), rows // pixels % batch
+    assert len(bank) == 400 and set(step.tolist()) == {2, 3, 4, 5}  # the last k = 4 batches, the oldest gone
+    for t in (2, 3, 4, 5):
+        assert (step == t).sum() == 100
+        halves = set((image[step == t] >= batch // 2).tolist())
+        assert halves == {False, True}  # labelled (first half) and pseudo-labelled images alike
 
 
 def test_memory_bank_negatives_come_from_the_bank_and_the_batch_joins_it_afterwards():

@@ -286,7 +286,9 @@ def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, it
          labels: Run | None, contrastive: bool, seed: int, section: Config) -> Run:
     """Build the objective, optimiser, schedule and batch streams of a training stage, train, finish."""
     options = contrastive_options({**cfg.loss.contrastive, **section.get("contrastive", {})})
-    bank = MemoryBank(cfg.loss.contrastive.bank_size) if contrastive and options["scope"] == "memory_bank" else None
+    bank = None
+    if contrastive and options["scope"] == "memory_bank":
+        bank = MemoryBank(cfg.loss.contrastive.bank_size, cfg.loss.contrastive.bank_push)
     criterion = None if role == "teacher" else SetCriterion.from_config(cfg.loss, _num_classes(cfg)).to(ctx.device)
     objective = Objective(model, "teacher" if role == "teacher" else "criterion", criterion,
                           semi_weight=section.semi_weight if labels is not None else 0.0,

@@ -38,12 +38,12 @@ from castlib.losses.debiased_sampling import pseudo_probability_embedding
 from castlib.losses.memory_bank import MemoryBank
 
 IMPLEMENTATIONS = {"fast": fast_pixel_contrastive, "reference": reference_pixel_contrastive}
-NOT_OPTIONS = ("bank_size",)  # keys of the config section that the caller uses itself
+NOT_OPTIONS = ("bank_size", "bank_push")  # keys of the config section that the caller uses itself
 
 
 def contrastive_options(section: Mapping) -> dict:
     """Keyword arguments of :func:`pixel_contrastive_loss` from the config's ``loss.contrastive``
-    section: every key but ``bank_size`` (the size of the caller's :class:`MemoryBank`)."""
+    section: every key but ``bank_size`` and ``bank_push`` (those of the caller's :class:`MemoryBank`)."""
     return {key: value for key, value in section.items() if key not in NOT_OPTIONS}
 
 
@@ -92,8 +92,8 @@ def pixel_contrastive_loss(
     are instances, 0 is background, negative ids are unknown and left out).
     ``negatives`` ``[B * N, R]`` as in :class:`ContrastiveResult` skips sampling (its R wins over
     ``num_negatives``), so two implementations can be compared on one draw. ``bank`` is required
-    with ``scope="memory_bank"``: its entries are extra candidates, and the batch's (z_weak, y~)
-    are pushed into it after the loss is computed. ``generator`` drives the sampler (default:
+    with ``scope="memory_bank"``: its entries are extra candidates, and a random subset of the
+    batch's (z_weak, y~) is pushed into it after the loss is computed. ``generator`` drives the sampler (default:
     torch's global one). ``options``: see :class:`ContrastiveOptions`.
     """
     opts = ContrastiveOptions.build(**options)
@@ -115,7 +115,7 @@ def pixel_contrastive_loss(
         _check_negatives(negatives, z_anchor.shape[0], pixels.num_candidates)
     loss, s_pos, s_neg, negatives = IMPLEMENTATIONS[impl](pixels, negatives, opts, generator)
     if bank is not None:
-        bank.push(z_anchor.detach(), y)
+        bank.push(z_anchor.detach(), y, generator)
     valid = negatives >= 0
     margin = s_pos.mean() - (s_neg * valid).sum() / valid.sum()
     if instance_ids is None:
