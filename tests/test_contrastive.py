@@ -154,6 +154,42 @@ def test_the_instance_aware_sampler_draws_far_fewer_false_negatives_than_uniform
     assert fnr["fusion"] < 0.2 * fnr["uniform"] and fnr["mask_only"] < 0.2 * fnr["uniform"]
 
 
+def _pad(t: torch.Tensor, height: int, width: int, size: tuple[int, int], fill: torch.Tensor) -> torch.Tensor:
+    """``t [B, C, height*width]`` in the top-left of a ``size`` grid (``[B, C, h*w]``), ``fill`` elsewhere."""
+    out = fill.clone()
+    out.view(*t.shape[:2], *size)[..., :height, :width] = t.view(*t.shape[:2], height, width)
+    return out
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_a_padded_batch_gives_the_same_l_pxl_as_its_unpadded_crops(impl):
+    z_weak, z_strong, mask_logits, class_logits, ids = inputs()  # two 4 x 5 maps
+    size, g = (6, 7), torch.Generator().manual_seed(9)
+    noise = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # what padded pixels hold
+    pad_z = lambda z: _pad(z.transpose(1, 2), 4, 5, size, noise(2, 16, 42)).transpose(1, 2)
+    padded = (F.normalize(pad_z(z_weak), dim=-1), F.normalize(pad_z(z_strong), dim=-1),
+              _pad(mask_logits, 4, 5, size, noise(2, 6, 42)), class_logits)
+    valid = _pad(torch.ones(2, 1, 20, dtype=torch.bool), 4, 5, size, torch.zeros(2, 1, 42, dtype=torch.bool))[:, 0]
+    for scope in ("batch", "memory_bank"):
+        banks = [filled_bank("fusion", size=50) if scope == "memory_bank" else None for _ in range(2)]
+        opts = dict(impl=impl, scope=scope, num_negatives=12)
+        crop = pixel_contrastive_loss(z_weak, z_strong, mask_logits, class_logits, instance_ids=ids, bank=banks[0],
+                                      generator=torch.Generator().manual_seed(1), **opts)
+        pad = pixel_contrastive_loss(*padded, valid=valid, instance_ids=_pad(ids[:, None], 4, 5, size,
+                                     torch.full((2, 1, 42), 3))[:, 0], bank=banks[1],
+                                     generator=torch.Generator().manual_seed(1), **opts)
+        assert pad.loss.item() == pytest.approx(crop.loss.item(), rel=1e-12)
+        assert pad.margin.item() == pytest.approx(crop.margin.item(), rel=1e-12)
+        assert pad.fnr.item() == pytest.approx(crop.fnr.item())
+        where = valid.flatten().nonzero().squeeze(1)  # padded-batch index of crop pixel a
+        expected = torch.where(crop.negatives >= 40, crop.negatives + 84 - 40, where[crop.negatives.clamp(0, 39)])
+        assert torch.equal(pad.negatives[where], torch.where(crop.negatives < 0, -1, expected))
+        assert (pad.negatives[~valid.flatten()] == -1).all()  # padded pixels are no anchors ...
+        assert not torch.isin(pad.negatives, (~valid.flatten()).nonzero()).any()  # ... and no candidates
+        if scope == "memory_bank":
+            torch.testing.assert_close(banks[1].z, banks[0].z)  # only valid pixels were pushed
+
+
 def test_the_memory_bank_keeps_the_newest_entries_first_in_first_out():
     bank = MemoryBank(10_000)
     pushed = torch.arange(25_000, dtype=torch.float64)

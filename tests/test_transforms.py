@@ -113,3 +113,20 @@ def test_collate_pads_variable_sizes_and_marks_valid_pixels():
     assert [m.shape[1:] for m in batch.masks] == [(50, 60), (50, 60)]
     assert not batch.masks[0][:, 40:].any() and batch.sizes == [(40, 60), (50, 40)]
     assert batch.strong is None and len(batch.labels[1]) == len(b.labels)
+
+
+def test_a_view_pads_with_the_normalisation_mean_and_marks_the_padding_invalid():
+    from castlib.data.sample import PAD_COLOUR
+    from castlib.data.transforms import TrainViews
+    from castlib.models.geometry import normalize
+
+    sample, _ = painted_sample(0, 40, 60)
+    torch.manual_seed(0)
+    view = TrainViews(crop=(56, 84), short_side=(40, 40), hflip=0.0, strong_options=STRONG)(sample)
+    assert view.valid.shape == (56, 84) and int(view.valid.sum()) == 40 * 60  # resized to itself, then padded
+    padded = ~view.valid
+    torch.testing.assert_close(normalize(view.image[None])[0][:, padded], torch.zeros(3, int(padded.sum())))
+    assert not view.masks[:, padded].any()
+    batch = collate([view, EvalView()(painted_sample(1, 70, 84)[0])])
+    assert torch.equal(batch.valid[0, :56], view.valid) and not batch.valid[0, 56:].any()
+    torch.testing.assert_close(batch.images[0, :, 60:], torch.tensor(PAD_COLOUR)[:, None, None].expand(3, 10, 84))

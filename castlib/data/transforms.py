@@ -1,7 +1,9 @@
 """Joint image/mask augmentation with ``torchvision.transforms.v2`` (DESIGN section 5).
 
 The weak view is geometric: random resize (shorter side drawn from a range), random crop (padded
-when the image is smaller) and horizontal flip, applied to the image and its masks together.
+with ``PAD_COLOUR`` when the image is smaller, the one padding convention of
+:mod:`castlib.data.sample`) and horizontal flip, applied to the image, its masks and its ``valid``
+mask together, so the padded pixels stay known (L_pxl leaves them out).
 The strong view is the weak view plus photometric-only transforms (colour jitter 0.4/0.4/0.4/0.1,
 grayscale p 0.2, Gaussian blur k5 sigma 0.1-2; supplementary Table 2 "Strong: jitter, grayscale,
 blur"), so pixel p of one view is pixel p of the other: the positive pair of L_pxl.
@@ -15,7 +17,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from castlib.data.sample import InstanceSample
+from castlib.data.sample import PAD_COLOUR, InstanceSample
 
 
 def _drop_empty(masks: torch.Tensor, labels: torch.Tensor) -> tuple[tv_tensors.Mask, torch.Tensor]:
@@ -32,7 +34,7 @@ def geometric_transform(crop: tuple[int, int], short_side: tuple[int, int], hfli
     """Random resize of the shorter side to ``[short_side[0], short_side[1]]``, crop, flip."""
     return v2.Compose([
         v2.RandomResize(short_side[0], short_side[1] + 1, antialias=True),
-        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 0}),
+        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: list(PAD_COLOUR), tv_tensors.Mask: 0}),
         v2.RandomHorizontalFlip(hflip),
     ])
 
@@ -56,11 +58,13 @@ class TrainViews:
         self.photometric = photometric_transform(strong_options) if strong_options is not None else None
 
     def __call__(self, sample: InstanceSample) -> InstanceSample:
-        image, masks = self.geometric(sample.image, tv_tensors.Mask(sample.masks.to(torch.uint8)))
-        masks, labels = _drop_empty(masks, sample.labels)
-        image = _float(image)
+        everywhere = torch.ones(1, *sample.size, dtype=torch.uint8)
+        image, masks = self.geometric(_float(sample.image),
+                                      tv_tensors.Mask(torch.cat([sample.masks.to(torch.uint8), everywhere])))
+        valid = masks[-1].as_subclass(torch.Tensor).bool()
+        masks, labels = _drop_empty(masks[:-1], sample.labels)
         strong = self.photometric(image) if self.photometric is not None else None
-        return sample.replace(image=image, masks=masks, labels=labels, strong=strong)
+        return sample.replace(image=image, masks=masks, labels=labels, strong=strong, valid=valid)
 
 
 class EvalView:

@@ -93,7 +93,7 @@ class Objective(nn.Module):
             losses |= {f"semi/{k}": v.detach() for k, v in semi.items()}
         if self.contrastive is not None:
             result = self._contrastive(output, torch.cat([p.strong for p in parts]),
-                                       [m for p in parts for m in p.masks])
+                                       [m for p in parts for m in p.masks], torch.cat([p.valid for p in parts]))
             total = total + self.contrastive_weight * result.loss
             losses["pxl/loss"] = result.loss.detach()
             losses["pxl/margin"] = result.margin.detach()
@@ -102,10 +102,12 @@ class Objective(nn.Module):
         losses["loss"] = total
         return losses
 
-    def _contrastive(self, output: SegmentationOutput, strong: torch.Tensor, masks: list[torch.Tensor]):
+    def _contrastive(self, output: SegmentationOutput, strong: torch.Tensor, masks: list[torch.Tensor],
+                     valid: torch.Tensor):
         """L_pxl: anchors from the weak view, positives from the strong view's encoder pass (no gradient
         into the encoder, DESIGN 5), negatives drawn by the debiased sampler from the model's own detached
-        predictions y = [softmax_K(M) || F_c]."""
+        predictions y = [softmax_K(M) || F_c]; embedding cells whose centre is padding (``valid``,
+        nearest) are neither anchors nor candidates."""
         features = output.features
         z_weak = self.model.embed(features, "weak")
         with torch.no_grad():
@@ -114,5 +116,7 @@ class Objective(nn.Module):
         size = tuple(features.shape[-2:])
         mask_logits = F.interpolate(output.mask_logits.detach().float(), size=size, mode="bilinear",
                                     align_corners=False).flatten(2)
+        cells = F.interpolate(valid[:, None].float(), size=size, mode="nearest")[:, 0].flatten(1) > 0.5
         return pixel_contrastive_loss(z_weak, z_strong, mask_logits, output.class_logits.detach().float(),
-                                      instance_ids=instance_id_map(masks, size), bank=self.bank, **self.contrastive)
+                                      instance_ids=instance_id_map(masks, size), valid=cells, bank=self.bank,
+                                      **self.contrastive)

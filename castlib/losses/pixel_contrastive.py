@@ -10,7 +10,10 @@ embeddings, drawn by the instance-aware sampler (:mod:`castlib.losses.debiased_s
     L_pxl = mean of l over the B * N anchors.
 
 Candidates are every pixel of the batch except the anchor itself (same and other images), plus
-the memory bank's entries with ``scope="memory_bank"`` (Table 7, E.4). Embeddings are used as
+the memory bank's entries with ``scope="memory_bank"`` (Table 7, E.4). With ``valid``, pixels
+outside it (the padding of an image smaller than the crop) are neither anchors nor candidates, nor
+pushed into the bank: the loss is computed on the valid pixels alone, exactly as on a batch that
+holds only them. Embeddings are used as
 given: the projection heads L2-normalise them, so the inner products are cosine similarities.
 
 Gradients: the loss flows into z_weak (anchors and in-batch negatives) and into z_strong
@@ -79,6 +82,7 @@ def pixel_contrastive_loss(
     *,
     negatives: torch.Tensor | None = None,
     instance_ids: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
     impl: str = "fast",
     bank: MemoryBank | None = None,
     generator: torch.Generator | None = None,
@@ -89,9 +93,11 @@ def pixel_contrastive_loss(
     ``z_weak``, ``z_strong`` ``[B, N, D]`` (unit norm); ``mask_logits`` ``[B, K, N]`` resized to the
     embedding map and ``class_logits`` ``[B, K, C+1]``, both used detached to build y~;
     ``instance_ids`` ``[B, N]`` int, per-image instance ids for the false-negative rate (ids >= 1
-    are instances, 0 is background, negative ids are unknown and left out).
+    are instances, 0 is background, negative ids are unknown and left out); ``valid`` ``[B, N]`` bool,
+    the pixels that take part (default: all), e.g. not the padding.
     ``negatives`` ``[B * N, R]`` as in :class:`ContrastiveResult` skips sampling (its R wins over
-    ``num_negatives``), so two implementations can be compared on one draw. ``bank`` is required
+    ``num_negatives``), so two implementations can be compared on one draw; with ``valid``, rows of
+    left-out anchors are ignored and no entry may name a left-out pixel. ``bank`` is required
     with ``scope="memory_bank"``: its entries are extra candidates, and a random subset of the
     batch's (z_weak, y~) is pushed into it after the loss is computed. ``generator`` drives the sampler (default:
     torch's global one). ``options``: see :class:`ContrastiveOptions`.
@@ -99,25 +105,33 @@ def pixel_contrastive_loss(
     opts = ContrastiveOptions.build(**options)
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {sorted(IMPLEMENTATIONS)}, got {impl!r}")
-    _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids)
+    _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids, valid)
     if (opts.scope == "memory_bank") != (bank is not None):
         raise ValueError(f"scope {opts.scope!r} " + ("needs a MemoryBank (bank=...)" if bank is None
                                                      else "takes no bank; use scope='memory_bank'"))
     dtype = torch.promote_types(z_weak.dtype, torch.float32)
     z_anchor, z_positive = z_weak.flatten(0, 1).to(dtype), z_strong.flatten(0, 1).to(dtype)
     y = pseudo_probability_embedding(mask_logits.to(dtype), class_logits.to(dtype), opts.embedding)
+    kept = None if valid is None else valid.flatten().to(z_anchor.device).nonzero().squeeze(1)
+    if kept is not None:
+        z_anchor, z_positive, y = z_anchor[kept], z_positive[kept], y[kept]
     pixels = ContrastiveBatch(z_anchor, z_positive, y)
     if bank is not None and len(bank):
         if bank.y.shape[1] != y.shape[1]:
             raise ValueError(f"the memory bank holds y of dim {bank.y.shape[1]}, this batch's is {y.shape[1]}")
         pixels.bank = bank.z.to(z_anchor, copy=True), bank.y.to(y, copy=True)  # the push below must not change them
     if negatives is not None:
-        _check_negatives(negatives, z_anchor.shape[0], pixels.num_candidates)
+        _check_negatives(negatives, z_weak.shape[0] * z_weak.shape[1],
+                         z_weak.shape[0] * z_weak.shape[1] + pixels.num_candidates - y.shape[0])
+        if kept is not None:
+            negatives = _to_kept(negatives[kept], kept, z_weak.shape[0] * z_weak.shape[1])
     loss, s_pos, s_neg, negatives = IMPLEMENTATIONS[impl](pixels, negatives, opts, generator)
     if bank is not None:
         bank.push(z_anchor.detach(), y, generator)
-    valid = negatives >= 0
-    margin = s_pos.mean() - (s_neg * valid).sum() / valid.sum()
+    drawn = negatives >= 0
+    margin = s_pos.mean() - (s_neg * drawn).sum() / drawn.sum()
+    if kept is not None:
+        negatives = _from_kept(negatives, kept, z_weak.shape[0] * z_weak.shape[1])
     if instance_ids is None:
         return ContrastiveResult(loss=loss, negatives=negatives, margin=margin)
     return ContrastiveResult(loss=loss, negatives=negatives, margin=margin,
@@ -161,7 +175,28 @@ def background_share(negatives: torch.Tensor, instance_ids: torch.Tensor) -> tor
     return (counted & (candidate_ids == 0)).sum() / counted.sum()
 
 
-def _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids) -> None:
+def _to_kept(negatives: torch.Tensor, kept: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Candidate indices of the whole batch (``B * N`` pixels, then the bank) as indices among the kept pixels."""
+    position = torch.full((pixels,), -2, dtype=torch.int64, device=negatives.device)
+    position[kept] = torch.arange(len(kept), device=negatives.device)
+    in_batch = (negatives >= 0) & (negatives < pixels)
+    out = torch.where(in_batch, position[negatives.clamp(0, pixels - 1)], negatives - pixels + len(kept))
+    out = torch.where(negatives < 0, -1, out)
+    if (out == -2).any():
+        raise ValueError("negatives name a pixel outside `valid`; left-out pixels are no candidates")
+    return out
+
+
+def _from_kept(negatives: torch.Tensor, kept: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Indices among the kept pixels back as indices of the whole batch; left-out anchors' rows are -1."""
+    in_batch = (negatives >= 0) & (negatives < len(kept))
+    mapped = torch.where(in_batch, kept[negatives.clamp(0, max(len(kept) - 1, 0))], negatives - len(kept) + pixels)
+    out = torch.full((pixels, negatives.shape[1]), -1, dtype=torch.int64, device=negatives.device)
+    out[kept] = torch.where(negatives < 0, -1, mapped)
+    return out
+
+
+def _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids, valid) -> None:
     if z_weak.dim() != 3 or z_weak.shape != z_strong.shape:
         raise ValueError(f"z_weak and z_strong must both be [B, N, D], got {tuple(z_weak.shape)} "
                          f"and {tuple(z_strong.shape)}")
@@ -174,6 +209,8 @@ def _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids) -> 
                          f"got {tuple(class_logits.shape)}")
     if instance_ids is not None and tuple(instance_ids.shape) != (batch, pixels):
         raise ValueError(f"instance_ids must be [B, N] = [{batch}, {pixels}], got {tuple(instance_ids.shape)}")
+    if valid is not None and (tuple(valid.shape) != (batch, pixels) or valid.dtype != torch.bool):
+        raise ValueError(f"valid must be bool [B, N] = [{batch}, {pixels}], got {valid.dtype} {tuple(valid.shape)}")
 
 
 def _check_negatives(negatives: torch.Tensor, anchors: int, candidates: int) -> None:
