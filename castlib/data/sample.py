@@ -25,7 +25,9 @@ class InstanceSample:
     ``image`` is ``[3, H, W]`` (uint8 as read, float in ``[0, 1]`` after a view transform);
     ``masks`` is ``[N, H, W]`` bool, one per instance; ``labels`` is ``[N]`` int64 in ``0..C-1``;
     ``strong`` is the strongly augmented view of the same pixels when a training view made one;
-    ``valid`` ``[H, W]`` bool marks the image's real pixels when a view padded it (None: all are).
+    ``valid`` ``[H, W]`` bool marks the image's real pixels when a view padded it (None: all are);
+    ``strong_box`` ``[4]`` (top, left, height, width), in pixels of ``image``, is the region the strong
+    view shows when it is a resized crop (``augment.strong.random_resized_crop``), else None.
     """
 
     image: tv_tensors.Image
@@ -35,6 +37,7 @@ class InstanceSample:
     path: str
     strong: tv_tensors.Image | None = None
     valid: torch.Tensor | None = None
+    strong_box: torch.Tensor | None = None
 
     def replace(self, **changes) -> InstanceSample:
         return replace(self, **changes)
@@ -48,7 +51,8 @@ class InstanceSample:
 class Batch:
     """Samples padded to one size: ``images [B, 3, H, W]``, ``valid [B, H, W]`` marks real pixels.
 
-    Masks stay per image (``[N_i, H, W]``, padded with False) because instance counts differ.
+    Masks stay per image (``[N_i, H, W]``, padded with False) because instance counts differ;
+    ``strong_box [B, 4]`` holds the samples' ``strong_box`` when they all have one.
     """
 
     images: torch.Tensor
@@ -59,6 +63,7 @@ class Batch:
     paths: list[str]
     sizes: list[tuple[int, int]]
     strong: torch.Tensor | None = None
+    strong_box: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -73,6 +78,7 @@ class Batch:
             masks=[move(m) for m in self.masks],
             labels=[move(lab) for lab in self.labels],
             strong=None if self.strong is None else move(self.strong),
+            strong_box=None if self.strong_box is None else move(self.strong_box),
         )
 
 
@@ -98,6 +104,8 @@ def collate(samples: list[InstanceSample]) -> Batch:
     strong = None
     if all(s.strong is not None for s in samples):
         strong = torch.stack([_pad_image(s.strong, height, width) for s in samples])
+    boxes = [s.strong_box for s in samples]
+    strong_box = torch.stack(boxes) if all(b is not None for b in boxes) else None
     return Batch(
         images=images,
         valid=valid,
@@ -107,4 +115,5 @@ def collate(samples: list[InstanceSample]) -> Batch:
         paths=[s.path for s in samples],
         sizes=[s.size for s in samples],
         strong=strong,
+        strong_box=strong_box,
     )
