@@ -230,34 +230,33 @@ class _Interrupted(Exception):
     pass
 
 
-def test_an_interrupted_run_resumes_across_the_hand_over_to_the_same_weights(gd_cfg, workspace, tmp_path,
+def test_an_interrupted_run_resumes_across_the_hand_over_to_the_same_weights(smoke_runs, workspace, tmp_path,
                                                                                monkeypatch):
-    """Interrupted right after the checkpoint of iteration 2 (= burn_in_iterations), then requested again."""
-    configs = {}
-    for name in ("straight", "resumed"):
-        root = tmp_path / name
-        shutil.copytree(workspace / "data", root / "data")
-        shutil.copytree(workspace / "splits", root / "splits")
-        configs[name] = load_config("smoke", _overrides(root))
-    straight = G.guided_distillation(configs["straight"], "resnet50", 0.05)
+    """Stage 2 interrupted right after the checkpoint of iteration 2 (= burn_in_iterations), then requested again,
+    against the uninterrupted smoke run (the stage-1 teacher run is copied, so only stage 2 trains here)."""
+    straight = smoke_runs["resnet50"]
+    teacher = straight.info["inputs"]["teacher"]
+    shutil.copytree(workspace / "data", tmp_path / "data")
+    shutil.copytree(workspace / "splits", tmp_path / "splits")
+    shutil.copytree(workspace / "runs" / teacher, tmp_path / "runs" / teacher)
+    cfg = load_config("smoke", _overrides(tmp_path))
     save = loop.save_checkpoint
 
     def save_then_stop(path, **state):
         save(path, **state)
-        if state["iteration"] == 2 and isinstance(state["model"], G.GuidedDistillationObjective):
-            raise _Interrupted  # stage 2 only; stage 1 trains an Objective
+        if state["iteration"] == 2:
+            raise _Interrupted
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
     with pytest.raises(_Interrupted):
-        G.guided_distillation(configs["resumed"], "resnet50", 0.05)
+        G.guided_distillation(cfg, "resnet50", 0.10)
     monkeypatch.setattr(loop, "save_checkpoint", save)
-    [teacher] = [r for r in (tmp_path / "resumed" / "runs").iterdir() if (r / "complete.json").is_file()]
-    checkpoint = load_checkpoint(tmp_path / "resumed" / "runs" / straight.id / "checkpoints" / "last.pt")
-    stage_one = load_file(str(teacher / "model" / WEIGHTS_FILE))
+    checkpoint = load_checkpoint(tmp_path / "runs" / straight.id / "checkpoints" / "last.pt")
+    stage_one = load_file(str(tmp_path / "runs" / teacher / "model" / WEIGHTS_FILE))
     frozen = {k.removeprefix("teacher."): v for k, v in checkpoint["model"].items() if k.startswith("teacher.")}
     assert checkpoint["iteration"] == 2 and all(torch.equal(frozen[k], stage_one[k]) for k in stage_one)
-    resumed = G.guided_distillation(configs["resumed"], "resnet50", 0.05)
-    assert resumed.id == straight.id
+    resumed = G.guided_distillation(cfg, "resnet50", 0.10)
+    assert resumed.id == straight.id and resumed.dir != straight.dir
     a, b = load_file(str(straight.model_dir / WEIGHTS_FILE)), load_file(str(resumed.model_dir / WEIGHTS_FILE))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (resumed.dir / "log.csv").read_text() == (straight.dir / "log.csv").read_text()
