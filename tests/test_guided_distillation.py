@@ -184,8 +184,13 @@ def gd_cfg(workspace):
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(gd_cfg):
-    return {b: G.guided_distillation(gd_cfg, b, 0.10) for b in BACKBONES}
+def resnet_run(gd_cfg):
+    return G.guided_distillation(gd_cfg, "resnet50", 0.10)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(gd_cfg, resnet_run):
+    return {"resnet50": resnet_run} | {b: G.guided_distillation(gd_cfg, b, 0.10) for b in BACKBONES[1:]}
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -230,27 +235,31 @@ class _Interrupted(Exception):
     pass
 
 
-def test_an_interrupted_run_resumes_across_the_hand_over_to_the_same_weights(smoke_runs, workspace, tmp_path,
+def test_an_interrupted_run_resumes_across_the_hand_over_to_the_same_weights(resnet_run, workspace, tmp_path,
                                                                                monkeypatch):
     """Stage 2 interrupted right after the checkpoint of iteration 2 (= burn_in_iterations), then requested again,
     against the uninterrupted smoke run (the stage-1 teacher run is copied, so only stage 2 trains here)."""
-    straight = smoke_runs["resnet50"]
+    straight = resnet_run
     teacher = straight.info["inputs"]["teacher"]
     shutil.copytree(workspace / "data", tmp_path / "data")
     shutil.copytree(workspace / "splits", tmp_path / "splits")
     shutil.copytree(workspace / "runs" / teacher, tmp_path / "runs" / teacher)
     cfg = load_config("smoke", _overrides(tmp_path))
-    save = loop.save_checkpoint
+    save, saved = loop.save_checkpoint, []
 
-    def save_then_stop(path, **state):
+    def save_and_note(path, **state):
         save(path, **state)
-        if state["iteration"] == 2:
+        saved.append(state["iteration"])
+
+    def stop_after_checkpoint_two(ctx):  # the loop's barrier follows the checkpoint and the log flush
+        if saved[-1:] == [2]:
             raise _Interrupted
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(loop, "save_checkpoint", save_and_note)
+    monkeypatch.setattr(loop, "barrier", stop_after_checkpoint_two)
     with pytest.raises(_Interrupted):
         G.guided_distillation(cfg, "resnet50", 0.10)
-    monkeypatch.setattr(loop, "save_checkpoint", save)
+    monkeypatch.undo()
     checkpoint = load_checkpoint(tmp_path / "runs" / straight.id / "checkpoints" / "last.pt")
     stage_one = load_file(str(tmp_path / "runs" / teacher / "model" / WEIGHTS_FILE))
     frozen = {k.removeprefix("teacher."): v for k, v in checkpoint["model"].items() if k.startswith("teacher.")}
@@ -276,7 +285,7 @@ def test_the_command_line_trains_gd_and_rejects_an_unknown_backbone(gd_cfg, smok
 
 
 @pytest.mark.slow
-def test_torchrun_with_two_cpu_processes_trains_gd_like_one_process(gd_cfg, smoke_runs, workspace, tmp_path):
+def test_torchrun_with_two_cpu_processes_trains_gd_like_one_process(resnet_run, workspace, tmp_path):
     root = tmp_path / "ddp"
     shutil.copytree(workspace / "data", root / "data")
     shutil.copytree(workspace / "splits", root / "splits")
@@ -286,7 +295,7 @@ def test_torchrun_with_two_cpu_processes_trains_gd_like_one_process(gd_cfg, smok
     done = subprocess.run([*torchrun, *command], capture_output=True, text=True, cwd=REPO_ROOT, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    single = smoke_runs["resnet50"]
+    single = resnet_run
     ddp = root / "runs" / single.id
     assert (ddp / "complete.json").is_file() and (root / "runs" / single.info["inputs"]["teacher"]).is_dir()
     a, b = load_file(str(ddp / "model" / WEIGHTS_FILE)), load_file(str(single.model_dir / WEIGHTS_FILE))
