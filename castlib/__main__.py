@@ -56,6 +56,17 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
 
 TRAIN_STAGES = ("teacher_init", "teacher_finetune", "teacher_adaptation", "pseudo_labels", "knowledge_transfer",
                 "student_refinement", "cast")
+BASELINE_STAGES = ("guided_distillation",)  # supplementary Table 8's baseline (castlib.baselines)
+
+
+def train_baseline(cfg, args: argparse.Namespace) -> dict:
+    """Guided Distillation's stage-1 teacher and stage-2 student on ``--backbone`` at ``--fraction``."""
+    from castlib.baselines.guided_distillation import guided_distillation, guided_distillation_teacher
+
+    backbone = args.backbone or cfg.model.baseline_backbone
+    fraction = cfg.data.label_fraction if args.fraction is None else args.fraction
+    return {"teacher": guided_distillation_teacher(cfg, backbone, fraction, args.seed),
+            "student": guided_distillation(cfg, backbone, fraction, args.seed)}
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -63,7 +74,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = config_from_args(args)
     seed = args.seed
-    if args.stage == "teacher_init":
+    if args.stage in BASELINE_STAGES:
+        runs = train_baseline(cfg, args)
+    elif args.stage == "teacher_init":
         runs = {"teacher_init": S.teacher_init(cfg, seed)}
     elif args.stage == "teacher_finetune":
         runs = {"teacher_finetune": S.teacher_finetune(cfg, S.teacher_init(cfg, seed), args.variant != "finetune_only"
@@ -133,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("train", help="train a CAST stage (and the runs it consumes); complete runs are reused")
     add_config_arguments(p)
-    p.add_argument("--stage", required=True, choices=TRAIN_STAGES)
+    p.add_argument("--stage", required=True, choices=[*TRAIN_STAGES, *BASELINE_STAGES])
+    p.add_argument("--backbone", help="baseline stages: a model.backbones entry (default: model.baseline_backbone)")
+    p.add_argument("--fraction", type=float, help="baseline stages: one of data.label_fractions "
+                                                   "(default: data.label_fraction)")
     p.add_argument("--variant", default="self_training_contrastive",
                    choices=["finetune_only", "self_training", "self_training_contrastive"],
                    help="teacher adaptation variant (supplementary Table 3)")

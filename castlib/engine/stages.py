@@ -62,6 +62,10 @@ _TEACHER_KEYS = (*_COMMON, "augment", "model.pretrained", "model.teacher", "mode
 _STUDENT_MODEL = ("model.pretrained", "model.student_backbone", "model.trainable", "model.backbones",
                   "model.pixel_decoder", "model.decoder", "model.projection")
 _STUDENT_KEYS = (*_COMMON, "augment", *_STUDENT_MODEL, "loss", "train.student")
+_GD_MODEL_KEYS = (*_COMMON, "augment", "model.pretrained", "model.baseline_backbone", "model.trainable",
+                  "model.backbones", "model.pixel_decoder", "model.decoder", "model.projection",
+                  *(f"loss.{k}" for k in ("class_weight", "mask_weight", "dice_weight", "no_object_weight",
+                                          "num_points", "oversample_ratio", "importance_sample_ratio")))
 _STAGE_KEYS = {
     "teacher_init": (*_COMMON, "model.pretrained", "model.teacher", "model.projection"),
     "teacher_finetune": _TEACHER_KEYS,
@@ -69,6 +73,11 @@ _STAGE_KEYS = {
     "pseudo_labels": ("profile", "data", "augment.eval_short_side", "train.pseudo_labels"),
     "knowledge_transfer": _STUDENT_KEYS,
     "student_refinement": (*_STUDENT_KEYS, "train.refinement"),
+    # Guided Distillation (castlib.baselines): stage 1 reads the optimiser keys, not stage 2's, so stage-2 variants
+    # share one teacher run.
+    "guided_distillation_teacher": (*_GD_MODEL_KEYS, *(f"baselines.guided_distillation.{k}" for k in (
+        "teacher_iterations", "batch_size", "lr", "backbone_lr_factor", "weight_decay", "grad_clip", "power"))),
+    "guided_distillation": (*_GD_MODEL_KEYS, "baselines.guided_distillation"),
 }
 _NO_EFFECT = ("data.num_workers",)  # read, but the batches and metrics are the same whatever it is (batches.py)
 _UNREAD = {
