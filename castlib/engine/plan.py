@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
+
 from castlib.config import Config
 from castlib.engine.runs import Run, runs_dir
 
@@ -31,6 +33,7 @@ STEP_TIME_COLUMN = "time/step"  # seconds per training iteration, logged by cast
 STEP_TIME_DIR = "step_time"     # under runs_dir: the short runs that measure step times
 
 # Training iterations of each stage from the profile (section D; pseudo-labelling and teacher_init train none).
+_PER_RUN_STAGES = ("teacher_init", "pseudo_labels")  # no training iterations: timed per run
 STAGE_ITERATIONS: dict[str, Callable[[Config], int]] = {
     "teacher_init": lambda cfg: 0,
     "teacher_finetune": lambda cfg: cfg.train.teacher.finetune_iterations,
@@ -135,17 +138,48 @@ def wall_seconds(run: Run) -> float | None:
 
 
 def registry_step_times(root: Path, profile: str) -> dict[str, float]:
-    """Per stage, the median logged step time over the complete runs of ``profile`` under ``root``."""
+    """Per stage, seconds per unit of work over the complete runs of ``profile`` under ``root`` (median):
+    training stages per iteration (their logged step time), the others per run (``run.json`` to
+    ``complete.json``: teacher_init's evaluation, a pseudo-labelling pass over D_u)."""
     found: dict[str, list[float]] = {}
     for info_path in sorted(root.glob("*/run.json")):
         run = Run(info_path.parent.name, info_path.parent)
         info = json.loads(info_path.read_text())
         if info.get("profile") != profile or not run.complete:
             continue
-        step = logged_step_time(run)
-        if step is not None:
-            found.setdefault(info["stage"], []).append(step)
+        seconds = logged_step_time(run) if info["stage"] not in _PER_RUN_STAGES else wall_seconds(run)
+        if seconds is not None:
+            found.setdefault(info["stage"], []).append(seconds)
     return {stage: statistics.median(times) for stage, times in found.items()}
+
+
+def estimated_seconds(planned: PlannedRun, step_times: dict[str, float]) -> float | None:
+    """What a run still costs: 0 when complete, else iterations x step time (or one run's time)."""
+    if planned.complete:
+        return 0.0
+    if planned.stage not in step_times:
+        return None
+    unit = step_times[planned.stage]
+    return unit if planned.stage in _PER_RUN_STAGES else unit * planned.iterations
+
+
+def _table_of(label: str) -> str:
+    """``"Table 4 hinge"`` -> ``"Table 4"``; another label stands for itself."""
+    words = label.split()
+    return " ".join(words[:2]) if words[:1] == ["Table"] else label
+
+
+def plan_frame(plan: Plan, step_times: dict[str, float]) -> pd.DataFrame:
+    """One row per planned run: id, stage, seed, iterations, complete, estimated seconds, the tables that
+    need it (``shared`` when more than one table does) and the rows that ask for it."""
+    rows = []
+    for planned in plan.runs.values():
+        tables = list(dict.fromkeys(_table_of(label) for label in planned.needed_by))
+        rows.append({"run": planned.run.id, "stage": planned.stage, "seed": planned.seed,
+                     "iterations": planned.iterations, "complete": planned.complete,
+                     "estimated s": estimated_seconds(planned, step_times), "tables": ", ".join(tables),
+                     "shared": len(tables) > 1, "needed by": "; ".join(planned.needed_by)})
+    return pd.DataFrame(rows)
 
 
 def measure_step_times(cfg: Config, steps: int = 3) -> dict[str, float]:

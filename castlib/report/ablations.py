@@ -48,7 +48,7 @@ STD_NOTE = "Reproduced cells: mean +- sample std over the seeds that have the ru
 # ---------------------------------------------------------------------------------------------------------------
 # Building blocks.
 
-def _guided_distillation() -> Callable[..., Run] | None:
+def guided_distillation_or_none() -> Callable[..., Run] | None:
     """``castlib.baselines.guided_distillation.guided_distillation`` where the kit has it, else ``None``."""
     try:
         from castlib.baselines.guided_distillation import guided_distillation
@@ -196,7 +196,7 @@ def table3(cfg: Config, train: bool = True) -> pd.DataFrame:
     """Supplementary Table 3: teacher adaptation. Teacher AP and student AP per teacher variant, and "delta vs
     SOTA" = student AP minus the kit's own Guided Distillation (ResNet-50, ``data.label_fraction``) AP."""
     started, rows, every = time.perf_counter(), [], []
-    gd = _guided_distillation()
+    gd = guided_distillation_or_none()
     with _building(train):
         with _requested_by("Table 3 guided_distillation_resnet50"):
             baseline = [gd(cfg, "resnet50", cfg.data.label_fraction, seed) if gd else None for seed in cfg.seeds]
@@ -290,7 +290,7 @@ def table8(cfg: Config, train: bool = True) -> pd.DataFrame:
     if cfg.data.dataset != "cityscapes":
         raise ConfigError(None, "data.dataset", "Table 8 varies the Cityscapes label fraction; use cityscapes")
     started, rows, every = time.perf_counter(), [], []
-    gd = _guided_distillation()
+    gd = guided_distillation_or_none()
     fractions = list(cfg.data.label_fractions)
     columns = {f: f"{round(f * 100)}% labels" for f in fractions}
     methods = {"cast_dinov2_s": None, **{f"gd_{b}": b for b in GD_BACKBONES}}
