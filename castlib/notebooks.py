@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +70,16 @@ def record(output_dir: str | Path, name: str, value: Any) -> Any:
 def read_record(output_dir: str | Path) -> Mapping[str, Any]:
     """What a notebook recorded (:func:`record`)."""
     return json.loads((Path(output_dir) / RECORD_FILE).read_text())
+
+
+def notebook_config(profile: str, dataset: str, seeds: Sequence[int] = (), runs_dir: str = "", data_root: str = "",
+                    overrides: Sequence[str] = ()):
+    """The config a notebook's ``parameters`` cell asks for: empty ``seeds``, ``runs_dir`` or ``data_root``
+    keep the profile's own."""
+    from castlib.config import load_config
+
+    chosen = [f"data.dataset={dataset}", *overrides]
+    chosen += [f"seeds={list(seeds)}"] if seeds else []
+    chosen += [f"runs_dir={runs_dir}"] if runs_dir else []
+    chosen += [f"data.root={data_root}"] if data_root else []
+    return load_config(profile, chosen)

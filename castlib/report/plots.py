@@ -14,6 +14,8 @@ import torch
 from scipy.ndimage import binary_erosion
 from torchvision.transforms.v2 import functional as TF
 
+from castlib.config import Config
+from castlib.data.loaders import build_dataset, read_split_ids, val_dataset
 from castlib.data.sample import InstanceSample
 from castlib.engine.runs import Run, RunError
 from castlib.eval.inference import Prediction, instance_inference
@@ -141,6 +143,29 @@ def pseudo_label_figure(ground_truth: Sequence[InstanceSample], pseudo: Sequence
     return fig
 
 
+def pseudo_label_examples(cfg: Config, labels: Run, count: int = 3) -> tuple[list, list]:
+    """The first ``count`` unlabelled images with their ground truth, and with the pseudo-labels of ``labels``."""
+    ids = read_split_ids(cfg, "unlabelled")[:count]
+    ground_truth = build_dataset(cfg, "train", ids)
+    pseudo = build_dataset(cfg, "train", ids, annotation_root=labels.pseudo_label_dir)
+    return [ground_truth[i] for i in range(len(ids))], [pseudo[i] for i in range(len(ids))]
+
+
+def validation_predictions(cfg: Config, models: Mapping[str, tuple[Run, str]], count: int = 3,
+                           min_score: float = 0.5) -> tuple[list, dict[str, list[Prediction]]]:
+    """The first ``count`` validation images and each model's predictions on them (``models``: name ->
+    (complete run, ``"teacher"`` or ``"student"``)), for :func:`prediction_figure`."""
+    from castlib.engine.stages import load_model
+
+    val = val_dataset(cfg)
+    samples = [val[i] for i in range(min(count, len(val)))]
+    predictions = {}
+    for name, (run, which) in models.items():
+        model = load_model(cfg, run, which)
+        predictions[name] = [predict(model, s, cfg.eval.top_k, min_score) for s in samples]
+    return samples, predictions
+
+
 def predict(model: torch.nn.Module, sample: InstanceSample, top_k: int = 100, min_score: float = 0.5,
             max_instances: int = 20) -> Prediction:
     """One image's instances (Mask2Former inference), those scoring at least ``min_score``, best first."""
@@ -182,6 +207,26 @@ def efficiency_figure(table: pd.DataFrame):
         ax.bar(["teacher", "student"], values, color=["#4c72b0", "#dd8452"])
         change = table.loc["student vs teacher", column] if "student vs teacher" in table.index else ""
         ax.set_title(f"{label}\nstudent {change}" if isinstance(change, str) and change else label, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def label_fraction_figure(table: pd.DataFrame):
+    """Supplementary Table 8 as curves: maskAP against the labelled fraction per method, reproduced (solid,
+    mean over seeds, where run) and the paper's (dashed); columns ``"N% labels"`` of
+    :func:`castlib.report.ablations.table8`."""
+    columns = [c for c in table.columns if c.endswith("% labels")]
+    fractions = [float(c.split("%")[0]) for c in columns]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for colour, row in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], table.to_dict("records"), strict=False):
+        reproduced = [row[f"{c} mean"] for c in columns]
+        if not all(np.isnan(reproduced)):
+            ax.plot(fractions, reproduced, "o-", color=colour, label=f"{row['variant']} (reproduced)")
+        paper = [row[f"paper {c}"] if isinstance(row[f"paper {c}"], float) else np.nan for c in columns]
+        ax.plot(fractions, paper, "s--", color=colour, alpha=0.6, label=f"{row['variant']} (paper)")
+    ax.set_xlabel("labelled fraction (%)")
+    ax.set_ylabel("maskAP")
+    ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
