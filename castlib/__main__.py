@@ -51,7 +51,7 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
 
     for source in args.sources or notebook_sources():
         print(f"running {source} (profile {args.profile}) ...", flush=True)
-        print(f"  -> {run_notebook(source, args.out, profile=args.profile)}")
+        print(f"  -> {run_notebook(source, args.out, profile=args.profile, tables=args.tables)}")
 
 
 TRAIN_STAGES = ("teacher_init", "teacher_finetune", "teacher_adaptation", "teacher_self_training", "pseudo_labels",
@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="*", help="notebooks/NN_*.py files (default: all, in order)")
     p.add_argument("--profile", "-p", default="smoke")
     p.add_argument("--out", default="results/notebooks", help="folder for executed notebooks and outputs")
+    p.add_argument("--tables", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8], choices=range(3, 9), metavar="N",
+                   help="the supplementary tables the notebooks build (default: 3 ... 8)")
     p.set_defaults(func=cmd_notebooks)
     return parser
 
