@@ -215,7 +215,7 @@ def label_fraction_figure(table: pd.DataFrame):
     """Supplementary Table 8 as curves: maskAP against the labelled fraction per method, reproduced (solid,
     mean over seeds, where run) and the paper's (dashed); columns ``"N% labels"`` of
     :func:`castlib.report.ablations.table8`."""
-    columns = [c for c in table.columns if c.endswith("% labels")]
+    columns = [c for c in table.columns if c.endswith("% labels") and not c.startswith("paper ")]
     fractions = [float(c.split("%")[0]) for c in columns]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for colour, row in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], table.to_dict("records"), strict=False):
