@@ -55,10 +55,13 @@ def test_a_variant_changes_the_student_and_keeps_the_teacher(cfg):
     assert variant_config(cfg, label_fraction=0.3).data.label_fraction == 0.3  # Table 8: the teacher changes too
 
 
-def test_the_variant_panel_trains_the_chosen_variant_and_shows_its_row(cfg, monkeypatch):
+def test_the_variant_panel_trains_the_chosen_variant_and_shows_its_row(monkeypatch):
     from types import SimpleNamespace
 
+    from castlib.config import load_config
     from castlib.report import widgets
+
+    cfg = load_config("smoke", ["seeds=[0, 1, 2]"])
 
     trained = []
 
