@@ -43,6 +43,7 @@ dataset = "cityscapes"  # cityscapes | ade20k
 data_root = ""  # a real dataset root, or empty for the synthetic set of the profile
 seeds = []  # seeds of the tables (the widget offers them); empty: the profile's seeds
 runs_dir = ""  # where runs live; empty: the profile's runs_dir
+overrides = []  # more config overrides, "key=value" (the tests: a smaller synthetic set)
 figures_dir = "results/figures"
 output_dir = "results/notebooks/03_knowledge_transfer"
 interactive = True  # show the widgets (headless runs set False)
@@ -55,7 +56,7 @@ from castlib.notebooks import notebook_config, record
 from castlib.report.ablations import with_student_contrastive
 from castlib.report.plots import contrastive_diagnostics, read_log, save_figure, training_curves
 
-cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root)
+cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
 figures = Path(figures_dir)
 
 # %% [markdown]

@@ -32,6 +32,7 @@ dataset = "cityscapes"  # cityscapes | ade20k
 data_root = ""  # a real dataset root, or empty for the synthetic set of the profile
 seeds = []  # seeds of the tables; this notebook trains the profile's `seed` (empty: the profile's seeds)
 runs_dir = ""  # where runs live; empty: the profile's runs_dir
+overrides = []  # more config overrides, "key=value" (the tests: a smaller synthetic set)
 figures_dir = "results/figures"
 output_dir = "results/notebooks/04_student_refinement"
 interactive = True  # show the widgets (headless runs set False)
@@ -45,7 +46,7 @@ from castlib.engine import stages as S
 from castlib.notebooks import notebook_config, record
 from castlib.report.plots import read_log, save_figure, training_curves
 
-cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root)
+cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
 figures = Path(figures_dir)
 
 # %% [markdown]

@@ -41,6 +41,7 @@ data_root = ""  # a real dataset root, or empty for the synthetic set of the pro
 seeds = []  # the seeds each table averages over; empty: the profile's seeds
 tables = [3, 4, 5, 6, 7]  # the tables to build (others are skipped)
 runs_dir = ""  # where runs live; empty: the profile's runs_dir
+overrides = []  # more config overrides, "key=value" (the tests: a smaller synthetic set)
 tables_dir = "results/tables"
 output_dir = "results/notebooks/05_ablation_tables"
 interactive = True  # show the widgets (headless runs set False)
@@ -54,7 +55,7 @@ from castlib.notebooks import notebook_config, record
 from castlib.report.ablations import build_table
 from castlib.report.tables import write_table
 
-cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root)
+cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
 chosen = [n for n in (3, 4, 5, 6, 7) if n in tables]
 print(f"tables {chosen}, seeds {list(cfg.seeds)}")
 

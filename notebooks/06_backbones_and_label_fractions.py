@@ -31,6 +31,7 @@ data_root = ""  # a real dataset root, or empty for the synthetic set of the pro
 seeds = []  # the seeds each cell averages over; empty: the profile's seeds
 tables = [8]  # build Table 8 when 8 is listed
 runs_dir = ""  # where runs live; empty: the profile's runs_dir
+overrides = []  # more config overrides, "key=value" (the tests: a smaller synthetic set)
 tables_dir = "results/tables"
 figures_dir = "results/figures"
 output_dir = "results/notebooks/06_backbones_and_label_fractions"
@@ -44,7 +45,7 @@ from castlib.report.ablations import build_table
 from castlib.report.plots import label_fraction_figure, save_figure
 from castlib.report.tables import write_table
 
-cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root)
+cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
 
 # %%
 if 8 in tables:

@@ -31,6 +31,7 @@ dataset = "cityscapes"  # cityscapes | ade20k
 data_root = ""  # a real dataset root, or empty for the synthetic set of the profile
 seeds = []  # unused here beyond the config (the CAST runs of the profile's `seed` are shown)
 runs_dir = ""  # where runs live; empty: the profile's runs_dir
+overrides = []  # more config overrides, "key=value" (the tests: a smaller synthetic set)
 min_score = 0.5  # predictions shown: score at least this
 figures_dir = "results/figures"
 tables_dir = "results/tables"
@@ -47,7 +48,7 @@ from castlib.notebooks import notebook_config, record
 from castlib.report.plots import efficiency_figure, prediction_figure, save_figure, validation_predictions
 from castlib.report.tables import write_table
 
-cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root)
+cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
 figures = Path(figures_dir)
 runs = S.cast(cfg)
 

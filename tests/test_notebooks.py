@@ -30,14 +30,22 @@ def test_each_notebook_has_a_papermill_parameters_cell_with_the_profile(source):
     assert all(name in cells[0].source for name in ("profile", "output_dir", "interactive"))
 
 
+def small_data(root):
+    """Overrides for a 16 + 4 image synthetic Cityscapes set with its splits under ``root``."""
+    return [f"data.data_dir={root / 'data'}", f"data.splits_dir={root / 'splits'}",
+            "data.synthetic.cityscapes.train=16", "data.synthetic.cityscapes.val=4"]
+
+
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    """Every notebook run once, in order, headless on smoke with one seed (the tables' smoke runs of three
-    seeds take minutes), sharing one runs_dir as ``make reproduce`` does; tables and figures go to temporary
-    folders. Returns the folder and, per notebook, the executed copy."""
+    """Every notebook run once, in order, headless on smoke with one seed and a smaller synthetic set (16 + 4
+    images: the 48 runs of Tables 3-8 then fit make test's budget), sharing one runs_dir as ``make reproduce``
+    does; data, tables and figures go to temporary folders. Returns the folder and, per notebook, the executed
+    copy."""
     root = tmp_path_factory.mktemp("notebooks")
     folders = {"runs_dir": root / "runs", "tables_dir": root / "tables", "figures_dir": root / "figures"}
-    parameters = {"profile": "smoke", "seeds": [0], **{k: str(v) for k, v in folders.items()}}
+    parameters = {"profile": "smoke", "seeds": [0], "overrides": small_data(root),
+                  **{k: str(v) for k, v in folders.items()}}
     return root, {s.stem: run_notebook(s, root, cell_timeout=900, **parameters) for s in SOURCES}
 
 
@@ -120,7 +128,7 @@ def test_running_the_notebooks_again_reuses_every_run(executed):
     done = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/complete.json")}
     for stem in ("05_ablation_tables", "06_backbones_and_label_fractions"):
         source = next(s for s in SOURCES if s.stem == stem)
-        run_notebook(source, root / "again", cell_timeout=300, profile="smoke", seeds=[0],
+        run_notebook(source, root / "again", cell_timeout=300, profile="smoke", seeds=[0], overrides=small_data(root),
                      runs_dir=str(root / "runs"), tables_dir=str(root / "again" / "tables"),
                      figures_dir=str(root / "again" / "figures"))
     assert sorted(p.name for p in (root / "runs").iterdir()) == before
