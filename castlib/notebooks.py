@@ -16,7 +16,7 @@ from typing import Any
 import jupytext
 import papermill
 
-from castlib.config import REPO_ROOT
+from castlib.config import REPO_ROOT, Config
 from castlib.io import write_json_atomic
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -73,13 +73,20 @@ def read_record(output_dir: str | Path) -> Mapping[str, Any]:
 
 
 def notebook_config(profile: str, dataset: str, seeds: Sequence[int] = (), runs_dir: str = "", data_root: str = "",
-                    overrides: Sequence[str] = ()):
-    """The config a notebook's ``parameters`` cell asks for: empty ``seeds``, ``runs_dir`` or ``data_root``
-    keep the profile's own."""
+                    overrides: Sequence[str] = ()) -> Config:
+    """The config a notebook's ``parameters`` cell asks for (empty ``seeds``, ``runs_dir`` or ``data_root``
+    keep the profile's own), with its dataset and split files made ready as ``castlib prepare`` does (split
+    files that exist are kept), so any notebook also runs first."""
     from castlib.config import load_config
+    from castlib.data.loaders import make_splits, prepare_data, split_files
 
     chosen = [f"data.dataset={dataset}", *overrides]
     chosen += [f"seeds={list(seeds)}"] if seeds else []
     chosen += [f"runs_dir={runs_dir}"] if runs_dir else []
     chosen += [f"data.root={data_root}"] if data_root else []
-    return load_config(profile, chosen)
+    cfg = load_config(profile, chosen)
+    prepare_data(cfg)
+    fractions = cfg.data.label_fractions if cfg.data.dataset == "cityscapes" else [None]
+    if not all(path.is_file() for f in fractions for path in split_files(cfg, f)):  # ADE20K's take a full read
+        make_splits(cfg)
+    return cfg
