@@ -3,6 +3,7 @@
 
 PYTHON ?= python3.11
 PROFILE ?= smoke
+TABLES ?= 3 4 5 6 7 8
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -28,14 +29,15 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q
 
-## reproduce: data, splits, the CAST pipeline on both datasets, efficiency, every notebook in order (papermill)
+## reproduce: data, splits, the CAST pipeline on both datasets, efficiency, every notebook in order (papermill):
+## executed notebooks to results/notebooks/, supplementary TABLES to results/tables/, figures to results/figures/
 reproduce: setup
 	$(PY) -m castlib prepare --profile $(PROFILE) --dataset cityscapes
 	$(PY) -m castlib prepare --profile $(PROFILE) --dataset ade20k
 	$(PY) -m castlib train --profile $(PROFILE) --dataset cityscapes --stage cast
 	$(PY) -m castlib train --profile $(PROFILE) --dataset ade20k --stage cast
 	$(PY) -m castlib efficiency --profile $(PROFILE) --dataset cityscapes --out $(RESULTS)/efficiency
-	$(PY) -m castlib notebooks --profile $(PROFILE) --out $(RESULTS)/notebooks $(NOTEBOOKS)
+	$(PY) -m castlib notebooks --profile $(PROFILE) --out $(RESULTS)/notebooks $(NOTEBOOKS) --tables $(TABLES)
 
 ## bench: speed and memory benchmarks; ratios written to results/benchmarks/
 bench: setup

@@ -51,11 +51,12 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
 
     for source in args.sources or notebook_sources():
         print(f"running {source} (profile {args.profile}) ...", flush=True)
-        print(f"  -> {run_notebook(source, args.out, profile=args.profile)}")
+        print(f"  -> {run_notebook(source, args.out, profile=args.profile, tables=args.tables)}")
 
 
-TRAIN_STAGES = ("teacher_init", "teacher_finetune", "teacher_adaptation", "pseudo_labels", "knowledge_transfer",
-                "student_refinement", "cast")
+TRAIN_STAGES = ("teacher_init", "teacher_finetune", "teacher_adaptation", "teacher_self_training", "pseudo_labels",
+                "knowledge_transfer", "student_refinement", "cast")
+STUDENT_STAGES = ("pseudo_labels", "knowledge_transfer", "student_refinement", "cast")
 BASELINE_STAGES = ("guided_distillation",)  # supplementary Table 8's baseline (castlib.baselines)
 
 
@@ -74,6 +75,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = config_from_args(args)
     seed = args.seed
+    if args.teacher == "zero_shot" and args.stage not in STUDENT_STAGES:
+        raise CastError(f"--teacher zero_shot applies to the student stages {STUDENT_STAGES}, not {args.stage}")
+    if args.stage == "teacher_self_training" and args.variant == "finetune_only":
+        raise CastError("--stage teacher_self_training needs --variant self_training or self_training_contrastive")
     if args.stage in BASELINE_STAGES:
         runs = train_baseline(cfg, args)
     elif args.stage == "teacher_init":
@@ -81,19 +86,62 @@ def cmd_train(args: argparse.Namespace) -> None:
     elif args.stage == "teacher_finetune":
         runs = {"teacher_finetune": S.teacher_finetune(cfg, S.teacher_init(cfg, seed), args.variant != "finetune_only"
                                                        and not args.no_contrastive, seed)}
-    elif args.stage in ("teacher_adaptation", "pseudo_labels", "knowledge_transfer"):
-        teacher = S.teacher_adaptation(cfg, args.variant, seed)
-        runs = {"teacher": teacher}
-        if args.stage != "teacher_adaptation":
-            runs["pseudo_labels"] = S.pseudo_labels(cfg, teacher)
-        if args.stage == "knowledge_transfer":
-            runs["student"] = S.knowledge_transfer(cfg, runs["pseudo_labels"], seed)
     else:
-        runs = S.cast(cfg, seed, args.variant)
+        teacher = S.teacher_init(cfg, seed) if args.teacher == "zero_shot" else S.teacher_adaptation(cfg, args.variant,
+                                                                                                    seed)
+        runs = {"teacher": teacher}
+        if args.stage in STUDENT_STAGES:
+            wanted = STUDENT_STAGES.index(args.stage)
+            student = S.student_under(cfg, teacher, seed)
+            runs |= dict(list(student.items())[: wanted + 1])
     for name, run in runs.items():
         metrics = run.metrics
         ap = f"AP {metrics['ap']:.2f} AP50 {metrics['ap50']:.2f}" if "ap" in metrics else ""
         print(f"{name}: run {run.id} {run.dir} {ap}")
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from castlib.report.ablations import build_table
+    from castlib.report.tables import write_table
+
+    cfg = config_from_args(args)
+    table = build_table(cfg, args.number, train=not args.no_train)
+    for path in write_table(table, f"{args.out}/table{args.number}"):
+        print(path)
+    print(table.attrs["caption"])
+    print(table[table.attrs["display_columns"]].to_string(index=False))
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from castlib.engine.plan import measure_step_times, plan_frame, planning, registry_step_times
+    from castlib.engine.runs import runs_dir
+    from castlib.report.ablations import build_table
+
+    cfg = config_from_args(args)
+    with planning() as plan:
+        for number in args.tables:
+            with plan.requested_by(f"Table {number}"):
+                build_table(cfg, number, train=False)
+    step_times = registry_step_times(runs_dir(cfg), cfg.profile)
+    source = f"logged by complete {cfg.profile} runs in {runs_dir(cfg)}"
+    if args.measure_steps:
+        step_times = measure_step_times(cfg, args.measure_steps) | step_times
+        source += f", else measured by {args.measure_steps}-step runs in {runs_dir(cfg) / 'step_time'}"
+    frame = plan_frame(plan, step_times)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.max_rows", None):
+        print(frame.drop(columns="needed by").to_string(index=False))
+    todo = frame[~frame.complete]
+    unknown = sorted(set(todo.stage[todo["estimated s"].isna()]))
+    print(f"\ntables {' '.join(map(str, args.tables))}, profile {cfg.profile}, dataset {cfg.data.dataset}, "
+          f"seeds {list(cfg.seeds)}: {len(frame)} runs, {int(frame.shared.sum())} shared by several tables, "
+          f"{int(frame.complete.sum())} complete, {len(todo)} to run")
+    print(f"estimated compute: {todo['estimated s'].sum() / 3600:.2f} h ({todo['estimated s'].sum():.0f} s)"
+          + (f" plus stages without a step time: {', '.join(unknown)} (use --measure-steps N)" if unknown else ""))
+    print("step time (s per iteration; teacher_init and pseudo_labels: s per run) " + source + ":")
+    for stage, seconds in sorted(step_times.items()):
+        print(f"  {stage}: {seconds:.4g}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -154,8 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["finetune_only", "self_training", "self_training_contrastive"],
                    help="teacher adaptation variant (supplementary Table 3)")
     p.add_argument("--no-contrastive", action="store_true", help="teacher_finetune without L_pxl")
+    p.add_argument("--teacher", choices=["adapted", "zero_shot"], default="adapted",
+                   help="student stages: under the adapted teacher (CAST) or the zero-shot theta_T^0 (Table 6, T1)")
     p.add_argument("--seed", type=int, help="overrides the config's seed")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("table", help="build supplementary Table N (3-8): train missing runs, write csv and md")
+    add_config_arguments(p)
+    p.add_argument("number", type=int, choices=range(3, 9), metavar="N", help="3 ... 8")
+    p.add_argument("--out", default="results/tables", help="folder for tableN.csv and tableN.md")
+    p.add_argument("--no-train", action="store_true", help="only read existing runs; missing cells say 'not run'")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("plan", help="the runs Tables 3-8 need, which are shared and complete, estimated compute")
+    add_config_arguments(p)
+    p.add_argument("--tables", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8], choices=range(3, 9), metavar="N")
+    p.add_argument("--measure-steps", type=int, default=0, metavar="N",
+                   help="time stages no complete run has logged by training N steps each into <runs_dir>/step_time")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("evaluate", help="evaluate a finished run; writes metrics.json into its folder")
     p.add_argument("--run", required=True, help="run id (a folder under results/runs)")
@@ -174,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="*", help="notebooks/NN_*.py files (default: all, in order)")
     p.add_argument("--profile", "-p", default="smoke")
     p.add_argument("--out", default="results/notebooks", help="folder for executed notebooks and outputs")
+    p.add_argument("--tables", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8], choices=range(3, 9), metavar="N",
+                   help="the supplementary tables the notebooks build (default: 3 ... 8)")
     p.set_defaults(func=cmd_notebooks)
     return parser
 

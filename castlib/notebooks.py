@@ -7,13 +7,17 @@ written beside the notebook's own outputs.
 
 from __future__ import annotations
 
+import ast
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jupytext
 import papermill
 
-from castlib.config import REPO_ROOT
+from castlib.config import REPO_ROOT, Config
+from castlib.io import write_json_atomic
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -26,7 +30,9 @@ def notebook_sources() -> list[Path]:
 def run_notebook(source: str | Path, out_dir: str | Path, cell_timeout: int | None = None, **parameters: Any) -> Path:
     """Execute one notebook; it writes its outputs to ``out_dir/<name>/``; returns the executed copy.
 
-    ``cell_timeout`` (seconds) fails a cell that runs longer instead of waiting forever."""
+    ``cell_timeout`` (seconds) fails a cell that runs longer instead of waiting forever. Parameters the
+    notebook's ``parameters`` cell does not name are left out (``tables`` reaches only the notebooks that
+    build tables)."""
     source = Path(source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -34,7 +40,53 @@ def run_notebook(source: str | Path, out_dir: str | Path, cell_timeout: int | No
     notebook = jupytext.read(source)
     # Widgets stay off headless: nbclient can block on a cell that opens widget comms (jupyter/nbclient#312).
     parameters = {"output_dir": str(out_dir / source.stem), "interactive": False, **parameters}
+    declared = notebook_parameters(notebook)
+    parameters = {name: value for name, value in parameters.items() if name in declared}
     papermill.execute_notebook(notebook, str(executed), parameters=parameters, cwd=str(REPO_ROOT),
                                kernel_name="python3", progress_bar=False, start_timeout=120,
                                execution_timeout=cell_timeout)
     return executed
+
+
+def notebook_parameters(notebook) -> set[str]:
+    """The names the notebook's ``parameters`` cell assigns."""
+    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    return {target.id for cell in cells for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name)}
+
+
+RECORD_FILE = "record.json"
+
+
+def record(output_dir: str | Path, name: str, value: Any) -> Any:
+    """Add ``name: value`` (JSON-serialisable) to ``<output_dir>/record.json``, written atomically, so
+    tests and readers get a notebook's key numbers back without parsing its cells; returns ``value``."""
+    path = Path(output_dir) / RECORD_FILE
+    records = read_record(output_dir) if path.is_file() else {}
+    write_json_atomic(path, {**records, name: value})
+    return value
+
+
+def read_record(output_dir: str | Path) -> Mapping[str, Any]:
+    """What a notebook recorded (:func:`record`)."""
+    return json.loads((Path(output_dir) / RECORD_FILE).read_text())
+
+
+def notebook_config(profile: str, dataset: str, seeds: Sequence[int] = (), runs_dir: str = "", data_root: str = "",
+                    overrides: Sequence[str] = ()) -> Config:
+    """The config a notebook's ``parameters`` cell asks for (empty ``seeds``, ``runs_dir`` or ``data_root``
+    keep the profile's own), with its dataset and split files made ready as ``castlib prepare`` does (split
+    files that exist are kept), so any notebook also runs first."""
+    from castlib.config import load_config
+    from castlib.data.loaders import make_splits, prepare_data, split_files
+
+    chosen = [f"data.dataset={dataset}", *overrides]
+    chosen += [f"seeds={list(seeds)}"] if seeds else []
+    chosen += [f"runs_dir={runs_dir}"] if runs_dir else []
+    chosen += [f"data.root={data_root}"] if data_root else []
+    cfg = load_config(profile, chosen)
+    prepare_data(cfg)
+    fractions = cfg.data.label_fractions if cfg.data.dataset == "cityscapes" else [None]
+    if not all(path.is_file() for f in fractions for path in split_files(cfg, f)):  # ADE20K's take a full read
+        make_splits(cfg)
+    return cfg

@@ -3,9 +3,10 @@
 import json
 
 import jupytext
+import pandas as pd
 import pytest
 
-from castlib.notebooks import notebook_sources, run_notebook
+from castlib.notebooks import notebook_parameters, notebook_sources, read_record, record, run_notebook
 
 SOURCES = notebook_sources()
 
@@ -29,10 +30,119 @@ def test_each_notebook_has_a_papermill_parameters_cell_with_the_profile(source):
     assert all(name in cells[0].source for name in ("profile", "output_dir", "interactive"))
 
 
+def small_data(root):
+    """Overrides for a 16 + 4 image synthetic Cityscapes set with its splits under ``root``."""
+    return [f"data.data_dir={root / 'data'}", f"data.splits_dir={root / 'splits'}",
+            "data.synthetic.cityscapes.train=16", "data.synthetic.cityscapes.val=4"]
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Every notebook run once, in order, headless on smoke with one seed and a smaller synthetic set (16 + 4
+    images: the 48 runs of Tables 3-8 then fit make test's budget), sharing one runs_dir as ``make reproduce``
+    does; data, tables and figures go to temporary folders. Returns the folder and, per notebook, the executed
+    copy."""
+    root = tmp_path_factory.mktemp("notebooks")
+    folders = {"runs_dir": root / "runs", "tables_dir": root / "tables", "figures_dir": root / "figures"}
+    parameters = {"profile": "smoke", "seeds": [0], "overrides": small_data(root),
+                  **{k: str(v) for k, v in folders.items()}}
+    return root, {s.stem: run_notebook(s, root, cell_timeout=900, **parameters) for s in SOURCES}
+
+
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
-def test_each_notebook_runs_headless_on_the_smoke_profile(source, tmp_path):
-    executed = run_notebook(source, tmp_path, cell_timeout=600, profile="smoke")
-    nb = json.loads(executed.read_text())
+def test_each_notebook_runs_headless_on_the_smoke_profile(source, executed):
+    root, notebooks = executed
+    nb = json.loads(notebooks[source.stem].read_text())
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    assert any((tmp_path / source.stem).iterdir())  # the notebook wrote its tables and figures
+    assert any((root / source.stem).iterdir())  # the notebook wrote its tables, figures or record
+
+
+def _figures(root, *names):
+    for name in names:
+        path = root / "figures" / name
+        assert path.is_file() and path.stat().st_size > 1000, f"{path} missing or empty"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_teacher_adaptation_records_each_step_and_draws_its_curves_and_pseudo_labels(executed):
+    root, _ = executed
+    record = read_record(root / "02_teacher_adaptation")
+    for step in ("teacher_init_ap", "teacher_finetune_ap", "teacher_self_training_ap"):
+        assert 0.0 <= record[step] <= 100.0
+    assert record["pseudo_instances_per_image"] >= 0.0
+    _figures(root, "teacher_step_a_curves.png", "teacher_step_b_curves.png", "teacher_pseudo_labels.png")
+
+
+def test_knowledge_transfer_shows_the_debiased_sampler_draws_fewer_false_negatives_than_uniform(executed):
+    root, _ = executed
+    record = read_record(root / "03_knowledge_transfer")
+    assert record["mean_fnr debiased (fusion)"] < record["mean_fnr uniform"]
+    assert all(-2.0 <= record[f"final_margin {k}"] <= 2.0 for k in ("debiased (fusion)", "uniform"))  # cosines
+    _figures(root, "student_curves.png", "proposition_3_1_margin_fnr.png")
+
+
+def test_refinement_records_teacher_distilled_and_refined_student(executed):
+    root, _ = executed
+    stages = read_record(root / "04_student_refinement")["stages"]
+    assert [s["model"].split()[0] for s in stages] == ["teacher", "student", "student"]
+    assert len({s["run"] for s in stages}) == 3
+    _figures(root, "refinement_curves.png")
+
+
+VARIANTS = {3: ["finetune_only", "self_training", "self_training_contrastive"], 4: ["infonce", "hinge"],
+            5: ["original", "squared", "sqrt"],
+            6: ["teacher_t1_zero_shot", "teacher_t2_adapted", "student_under_t1", "student_under_t2"],
+            7: ["batch", "memory_bank"], 8: ["cast_dinov2_s", "gd_resnet50", "gd_dinov2_b", "gd_dinov2_l"]}
+
+
+@pytest.mark.parametrize("number", sorted(VARIANTS))
+def test_tables_have_one_row_per_variant_with_the_paper_column(executed, number):
+    root, _ = executed
+    notebook = "05_ablation_tables" if number < 8 else "06_backbones_and_label_fractions"
+    table = pd.read_csv(root / "tables" / f"table{number}.csv", comment="#")
+    assert table["variant"].tolist() == VARIANTS[number]
+    assert any(c.startswith("paper ") for c in table.columns) and table["n seeds"].le(1).all()
+    assert (root / "tables" / f"table{number}.md").read_text().startswith("## Supplementary Table")
+    assert [row["variant"] for row in read_record(root / notebook)[f"table{number}"]] == VARIANTS[number]
+
+
+def test_table8_cast_row_is_reproduced_and_drawn(executed):
+    root, _ = executed
+    rows = read_record(root / "06_backbones_and_label_fractions")["table8"]
+    assert [row["variant"] for row in rows] == ["cast_dinov2_s", "gd_resnet50", "gd_dinov2_b", "gd_dinov2_l"]
+    assert all(row[f"{p}% labels"] != "not run" for row in rows for p in (5, 10, 30))
+    _figures(root, "table8_label_fractions.png")
+
+
+def test_qualitative_and_efficiency_figures_from_the_trained_runs(executed):
+    root, _ = executed
+    record = read_record(root / "07_qualitative_and_efficiency")
+    assert record["efficiency"]["student"]["params_M"] < record["efficiency"]["teacher"]["params_M"]
+    assert set(record["instances_shown"]) == {"teacher", "student"}
+    _figures(root, "teacher_vs_student_predictions.png", "efficiency_teacher_vs_student.png")
+
+
+def test_running_the_notebooks_again_reuses_every_run(executed):
+    root, _ = executed
+    before = sorted(p.name for p in (root / "runs").iterdir())
+    done = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/complete.json")}
+    for stem in ("05_ablation_tables", "06_backbones_and_label_fractions"):
+        source = next(s for s in SOURCES if s.stem == stem)
+        run_notebook(source, root / "again", cell_timeout=300, profile="smoke", seeds=[0], overrides=small_data(root),
+                     runs_dir=str(root / "runs"), tables_dir=str(root / "again" / "tables"),
+                     figures_dir=str(root / "again" / "figures"))
+    assert sorted(p.name for p in (root / "runs").iterdir()) == before
+    assert {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/complete.json")} == done
+
+
+def test_record_merges_names_into_one_json(tmp_path):
+    record(tmp_path, "a", 1.5)
+    record(tmp_path, "b", {"x": [1, 2]})
+    assert read_record(tmp_path) == {"a": 1.5, "b": {"x": [1, 2]}}
+
+
+def test_only_the_parameters_a_notebook_declares_reach_it():
+    declared = notebook_parameters(jupytext.read(next(s for s in SOURCES if s.stem.startswith("05"))))
+    assert {"profile", "seeds", "tables", "output_dir", "interactive"} <= declared
+    assert "tables" not in notebook_parameters(jupytext.read(SOURCES[0]))

@@ -223,7 +223,7 @@ def guided_distillation_teacher(cfg: Config, backbone: str, fraction: float, see
     cfg = gd_config(cfg, backbone, fraction)
     seed = stages._seed(cfg, seed)
     run, ctx = stages._start(cfg, TEACHER_STAGE, {}, seed)
-    if run.complete:
+    if stages._done(run):
         return run
     section = cfg.get_path(SECTION)
     stages._seed_everything(seed)
@@ -242,7 +242,7 @@ def guided_distillation(cfg: Config, backbone: str, fraction: float, seed: int |
     cfg = gd_config(cfg, backbone, fraction)
     seed = stages._seed(cfg, seed)
     run, ctx = stages._start(cfg, STAGE, {"teacher": teacher}, seed)
-    if run.complete:
+    if stages._done(run):
         return run
     section = cfg.get_path(SECTION)
     stages._seed_everything(seed)

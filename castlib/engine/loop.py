@@ -7,6 +7,7 @@ learning rate, checkpoints atomically and returns the last logged values.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -49,6 +50,7 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
     model.train()
     for it in range(start, iterations):
         lrs = learning_rates(optimizer)
+        started = time.perf_counter()
         losses = step(it)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -60,6 +62,7 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
         if grad_norm is not None:
             values["grad_norm"] = float(grad_norm)
         values.update(lrs)
+        values["time/step"] = time.perf_counter() - started  # seconds of this iteration (plans, Tables 4 and 7)
         bar.update(1)
         bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
         if log is not None and ((it + 1) % log_every == 0 or it + 1 == iterations):

@@ -164,11 +164,13 @@ def open_run(cfg: Config, run_id_: str) -> Run:
 
 
 def create_run(cfg: Config, stage: str, config: Mapping, inputs: Mapping[str, Run], seed: int,
-               write: bool = True) -> Run:
+               write: bool = True, check_inputs: bool = True) -> Run:
     """The run of ``stage`` on ``config`` consuming ``inputs``; its folder and ``run.json`` are made
-    on first use (``write=False`` on non-zero distributed ranks). Inputs must be complete."""
+    on first use (``write=False`` on non-zero distributed ranks and when planning). Inputs must be complete
+    (``check_inputs=False``: planning, where an id is all that is asked)."""
     for role, run in inputs.items():
-        run.require_complete(role)
+        if check_inputs:
+            run.require_complete(role)
     ids = {role: run.id for role, run in inputs.items()}
     rid = run_id(stage, config, ids, seed)
     run = Run(rid, runs_dir(cfg) / rid)

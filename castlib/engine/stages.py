@@ -43,6 +43,7 @@ from castlib.engine.batches import batch_stream
 from castlib.engine.loop import train
 from castlib.engine.objective import Objective
 from castlib.engine.optim import build_optimizer, build_scheduler
+from castlib.engine.plan import current_plan
 from castlib.engine.runs import Run, RunError, create_run
 from castlib.errors import ConfigError
 from castlib.eval import eval_options, evaluate_model
@@ -120,11 +121,22 @@ def _seed(cfg: Config, seed: int | None) -> int:
 
 def _start(cfg: Config, stage: str, inputs: Mapping[str, Run], seed: int, **options: Any) -> tuple[Run, D.Context]:
     ctx = D.init(cfg.device)
+    plan = current_plan()
+    if plan is not None:  # planning mode: the run id alone, nothing prepared or written
+        run = create_run(cfg, stage, stage_config(cfg, stage, **options), inputs, seed, write=False,
+                         check_inputs=False)
+        plan.record(cfg, run, stage, seed)
+        return run, ctx
     if ctx.is_main:
         prepare_data(cfg)
     D.barrier(ctx)
     run = create_run(cfg, stage, stage_config(cfg, stage, **options), inputs, seed, write=ctx.is_main)
     return run, ctx
+
+
+def _done(run: Run) -> bool:
+    """Nothing to train: the run is complete, or the stages are only planning (:mod:`castlib.engine.plan`)."""
+    return run.complete or current_plan() is not None
 
 
 def _seed_everything(seed: int) -> None:
@@ -157,7 +169,7 @@ def teacher_init(cfg: Config, seed: int | None = None) -> Run:
     Both adaptation steps start from these weights."""
     seed = _seed(cfg, seed)
     run, ctx = _start(cfg, "teacher_init", {}, seed)
-    if run.complete:
+    if _done(run):
         return run
     _seed_everything(seed)
     model = build_model(cfg, "teacher", _num_classes(cfg)).to(ctx.device)
@@ -169,7 +181,7 @@ def _teacher_training(cfg: Config, stage: str, init: Run, labels: Run | None, co
     seed = _seed(cfg, seed)
     inputs = {"init": init} | ({"pseudo_labels": labels} if labels is not None else {})
     run, ctx = _start(cfg, stage, inputs, seed, contrastive=contrastive)
-    if run.complete:
+    if _done(run):
         return run
     t = cfg.train.teacher
     iterations = t.finetune_iterations if stage == "teacher_finetune" else t.self_training_iterations
@@ -210,7 +222,7 @@ def pseudo_labels(cfg: Config, teacher: Run) -> Run:
     ``<run>/pseudo_labels/`` so the ordinary loader reads them. Resumable image by image; processes share
     the images under torchrun."""
     run, ctx = _start(cfg, "pseudo_labels", {"teacher": teacher}, seed=0)
-    if run.complete:
+    if _done(run):
         return run
     p = cfg.train.pseudo_labels
     model = load_model(cfg, teacher, "teacher").to(ctx.device).eval()
@@ -261,7 +273,7 @@ def knowledge_transfer(cfg: Config, labels: Run, seed: int | None = None) -> Run
     (spec 4.2); the strong view's encoder pass runs without gradient."""
     seed = _seed(cfg, seed)
     run, ctx = _start(cfg, "knowledge_transfer", {"pseudo_labels": labels}, seed)
-    if run.complete:
+    if _done(run):
         return run
     _seed_everything(seed)
     model = build_model(cfg, "student", _num_classes(cfg)).to(ctx.device)
@@ -274,7 +286,7 @@ def student_refinement(cfg: Config, student: Run, seed: int | None = None) -> Ru
     student's optimiser settings (supplementary Table 2) for ``train.refinement.iterations``."""
     seed = _seed(cfg, seed)
     run, ctx = _start(cfg, "student_refinement", {"student": student}, seed)
-    if run.complete:
+    if _done(run):
         return run
     _seed_everything(seed)
     model = load_model(cfg, student, "student").to(ctx.device)
@@ -284,13 +296,18 @@ def student_refinement(cfg: Config, student: Run, seed: int | None = None) -> Ru
                 section=section)
 
 
+def student_under(cfg: Config, teacher: Run, seed: int | None = None) -> dict[str, Run]:
+    """The student stages under a given teacher run: its pseudo-labels, knowledge transfer, refinement.
+    Under ``teacher_init(cfg)`` this is supplementary Table 6's "student under T1"."""
+    labels = pseudo_labels(cfg, teacher)
+    student = knowledge_transfer(cfg, labels, seed)
+    return {"pseudo_labels": labels, "student": student, "refined": student_refinement(cfg, student, seed)}
+
+
 def cast(cfg: Config, seed: int | None = None, variant: str = "self_training_contrastive") -> dict[str, Run]:
     """The whole pipeline of Fig. 1 for one seed; returns the runs by name."""
     teacher = teacher_adaptation(cfg, variant, seed)
-    labels = pseudo_labels(cfg, teacher)
-    student = knowledge_transfer(cfg, labels, seed)
-    return {"teacher": teacher, "pseudo_labels": labels, "student": student,
-            "refined": student_refinement(cfg, student, seed)}
+    return {"teacher": teacher, **student_under(cfg, teacher, seed)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

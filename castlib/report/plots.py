@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from scipy.ndimage import binary_erosion
+from torchvision.transforms.v2 import functional as TF
 
+from castlib.config import Config
+from castlib.data.loaders import build_dataset, read_split_ids, val_dataset
 from castlib.data.sample import InstanceSample
+from castlib.engine.runs import Run, RunError
+from castlib.eval.inference import Prediction, instance_inference
 from castlib.io import atomic_path
 
 
@@ -32,7 +39,6 @@ def overlay_instances(image: torch.Tensor, masks: torch.Tensor, alpha: float = 0
         edge = mask ^ binary_erosion(mask)
         out[edge] = colour * 0.6
     return out
-
 
 
 def show_samples(samples: Sequence[InstanceSample], class_names: Sequence[str], columns: int = 2):
@@ -65,6 +71,162 @@ def show_views(sample: InstanceSample):
     axes[2].set_title("strong view (photometric only)")
     for ax in axes:
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def read_log(run: Run) -> pd.DataFrame:
+    """A run's ``log.csv`` (one row per logged iteration, one column per loss term and learning rate)."""
+    path = run.dir / "log.csv"
+    if not path.is_file():
+        raise RunError(path, f"missing: run {run.id} ({run.stage}) has no training log")
+    return pd.read_csv(path)
+
+
+_DEEP_SUPERVISION = re.compile(r"_\d+$")  # loss_mask_3: the same term at an intermediate decoder layer
+_DIAGNOSTICS = ("pxl/margin", "pxl/fnr")  # not loss terms: :func:`contrastive_diagnostics` plots them
+
+
+def training_curves(log: pd.DataFrame, title: str = ""):
+    """Every loss term of a training log over iterations: one panel per term of J (L_sup, L_semi, L_pxl,
+    their weighted sum), with its components; the deep-supervision copies of each term and the sampler's
+    diagnostics are left out."""
+    groups: dict[str, list[str]] = {}
+    for column in log.columns:
+        if (column in ("iteration", "grad_norm", *_DIAGNOSTICS) or column.startswith("lr/")
+                or _DEEP_SUPERVISION.search(column)):
+            continue
+        groups.setdefault(column.split("/")[0] if "/" in column else "total", []).append(column)
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 2.8), squeeze=False)
+    names = {"sup": "L_sup", "semi": "L_semi", "pxl": "L_pxl", "total": "J (weighted sum)"}
+    for ax, (group, columns) in zip(axes[0], groups.items(), strict=True):
+        for column in columns:
+            ax.plot(log["iteration"], log[column], label=column.split("/")[-1], lw=1.2)
+        ax.set_title(names.get(group, group), fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def contrastive_diagnostics(logs: Mapping[str, pd.DataFrame]):
+    """Proposition 3.1 (main Fig. 3): the empirical margin Delta_emp (positive minus sampled-negative
+    similarity) and the false-negative rate of the sampled negatives over training, one line per sampler;
+    the dashed line at 0.5 is the bound p > 0.5 the proposition assumes."""
+    fig, (margin, fnr) = plt.subplots(1, 2, figsize=(9, 3))
+    for name, log in logs.items():
+        margin.plot(log["iteration"], log["pxl/margin"], label=name)
+        fnr.plot(log["iteration"], log["pxl/fnr"], label=name)
+    fnr.axhline(0.5, color="grey", ls="--", lw=1)
+    margin.set_title("margin $\\Delta_{emp}$", fontsize=9)
+    fnr.set_title("false-negative rate of sampled negatives", fontsize=9)
+    for ax in (margin, fnr):
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pseudo_label_figure(ground_truth: Sequence[InstanceSample], pseudo: Sequence[InstanceSample]):
+    """Unlabelled images: the ground truth (never used in training) beside the teacher's pseudo-labels."""
+    fig, axes = plt.subplots(len(ground_truth), 2, figsize=(8, 2.2 * len(ground_truth)), squeeze=False)
+    for row, (gt, pl) in zip(axes, zip(ground_truth, pseudo, strict=True), strict=True):
+        row[0].imshow(overlay_instances(gt.image, gt.masks))
+        row[0].set_title(f"{gt.image_id}: ground truth, {len(gt.labels)} instances", fontsize=7)
+        row[1].imshow(overlay_instances(pl.image, pl.masks))
+        row[1].set_title(f"teacher pseudo-labels, {len(pl.labels)} instances", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def pseudo_label_examples(cfg: Config, labels: Run, count: int = 3) -> tuple[list, list]:
+    """The first ``count`` unlabelled images with their ground truth, and with the pseudo-labels of ``labels``."""
+    ids = read_split_ids(cfg, "unlabelled")[:count]
+    ground_truth = build_dataset(cfg, "train", ids)
+    pseudo = build_dataset(cfg, "train", ids, annotation_root=labels.pseudo_label_dir)
+    return [ground_truth[i] for i in range(len(ids))], [pseudo[i] for i in range(len(ids))]
+
+
+def validation_predictions(cfg: Config, models: Mapping[str, tuple[Run, str]], count: int = 3,
+                           min_score: float = 0.5) -> tuple[list, dict[str, list[Prediction]]]:
+    """The first ``count`` validation images and each model's predictions on them (``models``: name ->
+    (complete run, ``"teacher"`` or ``"student"``)), for :func:`prediction_figure`."""
+    from castlib.engine.stages import load_model
+
+    val = val_dataset(cfg)
+    samples = [val[i] for i in range(min(count, len(val)))]
+    predictions = {}
+    for name, (run, which) in models.items():
+        model = load_model(cfg, run, which)
+        predictions[name] = [predict(model, s, cfg.eval.top_k, min_score) for s in samples]
+    return samples, predictions
+
+
+def predict(model: torch.nn.Module, sample: InstanceSample, top_k: int = 100, min_score: float = 0.5,
+            max_instances: int = 20) -> Prediction:
+    """One image's instances (Mask2Former inference), those scoring at least ``min_score``, best first."""
+    device = next(model.parameters()).device
+    image = TF.to_dtype(sample.image, torch.float32, scale=True)[None].to(device)
+    model.eval()
+    with torch.inference_mode():
+        found = instance_inference(model(image), [sample.size], top_k)[0]
+    keep = (found.scores >= min_score).nonzero().flatten()[:max_instances]
+    return Prediction(masks=found.masks[keep], labels=found.labels[keep], scores=found.scores[keep])
+
+
+def prediction_figure(samples: Sequence[InstanceSample], predictions: Mapping[str, Sequence[Prediction]]):
+    """Supplementary Fig. 1: per validation image, the ground truth and each model's predictions side by side
+    (``predictions`` by model name, e.g. teacher then student)."""
+    columns = ["ground truth", *predictions]
+    fig, axes = plt.subplots(len(samples), len(columns), figsize=(3.8 * len(columns), 2.1 * len(samples)),
+                             squeeze=False)
+    for i, sample in enumerate(samples):
+        shown = [(sample.masks, len(sample.labels))] + [(p[i].masks, len(p[i])) for p in predictions.values()]
+        for ax, name, (masks, count) in zip(axes[i], columns, shown, strict=True):
+            ax.imshow(overlay_instances(sample.image, masks))
+            ax.set_title(f"{name}: {count} instances", fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+EFFICIENCY_PANELS = {"params_M": "parameters (M)", "latency_ms": "latency (ms)", "fps": "FPS",
+                     "peak_memory_mb": "peak memory (MB)"}
+
+
+def efficiency_figure(table: pd.DataFrame):
+    """Main-paper Fig. 2: teacher vs student parameters, latency, FPS and memory (rows ``teacher`` and
+    ``student`` of :func:`castlib.eval.efficiency.teacher_vs_student`), the student's change on each bar."""
+    fig, axes = plt.subplots(1, len(EFFICIENCY_PANELS), figsize=(3 * len(EFFICIENCY_PANELS), 2.8))
+    for ax, (column, label) in zip(axes, EFFICIENCY_PANELS.items(), strict=True):
+        values = [float(table.loc[m, column]) for m in ("teacher", "student")]
+        ax.bar(["teacher", "student"], values, color=["#4c72b0", "#dd8452"])
+        change = table.loc["student vs teacher", column] if "student vs teacher" in table.index else ""
+        ax.set_title(f"{label}\nstudent {change}" if isinstance(change, str) and change else label, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def label_fraction_figure(table: pd.DataFrame):
+    """Supplementary Table 8 as curves: maskAP against the labelled fraction per method, reproduced (solid,
+    mean over seeds, where run) and the paper's (dashed); columns ``"N% labels"`` of
+    :func:`castlib.report.ablations.table8`."""
+    columns = [c for c in table.columns if c.endswith("% labels") and not c.startswith("paper ")]
+    fractions = [float(c.split("%")[0]) for c in columns]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for colour, row in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], table.to_dict("records"), strict=False):
+        reproduced = [row[f"{c} mean"] for c in columns]
+        if not all(np.isnan(reproduced)):
+            ax.plot(fractions, reproduced, "o-", color=colour, label=f"{row['variant']} (reproduced)")
+        paper = [row[f"paper {c}"] if isinstance(row[f"paper {c}"], float) else np.nan for c in columns]
+        ax.plot(fractions, paper, "s--", color=colour, alpha=0.6, label=f"{row['variant']} (paper)")
+    ax.set_xlabel("labelled fraction (%)")
+    ax.set_ylabel("maskAP")
+    ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from castlib.config import Config
 from castlib.data.datasets import InstanceDataset
 from castlib.data.loaders import dataset_name, read_split_ids, split_files
 from castlib.data.splits import ade20k_split_sizes, round_half_up
+from castlib.engine.runs import git_commit, hardware
 from castlib.io import write_text_atomic
 from castlib.paper import TABLE1_SPLITS
 
@@ -60,10 +62,43 @@ def class_statistics(dataset: InstanceDataset) -> pd.DataFrame:
     return table[table.instances > 0].sort_values("instances", ascending=False).reset_index(drop=True)
 
 
+def provenance(table: pd.DataFrame) -> dict[str, str]:
+    """Where a table came from: its builder's ``table.attrs`` (profile, dataset, seeds, wall time, the runs'
+    hardware and commits) and this process (torch version, commit, hardware where no run names one)."""
+    attrs = table.attrs
+    out = {key: str(attrs[key]) for key in ("profile", "dataset") if key in attrs}
+    if "seeds" in attrs:
+        out["seeds"] = " ".join(map(str, attrs["seeds"]))
+    out["hardware"] = "; ".join(attrs.get("hardware") or [hardware()])
+    out["torch"] = torch.__version__
+    out["commit"] = git_commit()
+    if attrs.get("run_commits"):
+        out["commits of the runs"] = " ".join(attrs["run_commits"])
+    if "wall_time_s" in attrs:
+        out["wall time"] = f"{attrs['wall_time_s']} s (building the table: training what was missing, reading)"
+    return out
+
+
 def write_table(table: pd.DataFrame, stem: str | Path, caption: str = "") -> tuple[Path, Path]:
-    """``stem.csv`` and ``stem.md`` (with an optional caption line), both atomic."""
+    """``stem.csv`` and ``stem.md`` (with an optional caption line), both atomic.
+
+    A table from :mod:`castlib.report.ablations` also carries its caption, notes and provenance in
+    ``table.attrs``: the csv then starts with ``# key: value`` lines (``pandas.read_csv(path, comment="#")``),
+    and the markdown shows the display columns, the notes, the provenance and the run ids of each row."""
     stem = Path(stem)
-    csv = write_text_atomic(stem.with_suffix(".csv"), table.to_csv(index=False))
-    md_text = (f"{caption}\n\n" if caption else "") + table.to_markdown(index=False) + "\n"
-    md = write_text_atomic(stem.with_suffix(".md"), md_text)
-    return csv, md
+    attrs = table.attrs
+    caption = caption or attrs.get("caption", "")
+    if "number" not in attrs:
+        csv = write_text_atomic(stem.with_suffix(".csv"), table.to_csv(index=False))
+        md_text = (f"{caption}\n\n" if caption else "") + table.to_markdown(index=False) + "\n"
+        return csv, write_text_atomic(stem.with_suffix(".md"), md_text)
+    facts = provenance(table)
+    header = "".join(f"# {line}\n" for line in [caption, *attrs.get("notes", []),
+                                                *(f"{k}: {v}" for k, v in facts.items())])
+    csv = write_text_atomic(stem.with_suffix(".csv"), header + table.to_csv(index=False))
+    shown = table[attrs.get("display_columns", list(table.columns))]
+    lines = [f"## {caption}", "", shown.to_markdown(index=False), "", "Notes:", "",
+             *(f"- {note}" for note in attrs.get("notes", [])), "", "Provenance:", "",
+             *(f"- {k}: {v}" for k, v in facts.items()), "", "Runs per row:", "",
+             *(f"- {row.variant}: {row.runs or 'none'}" for row in table.itertuples())]
+    return csv, write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")

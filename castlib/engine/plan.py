@@ -1,0 +1,201 @@
+"""Planning mode: which runs a set of tables needs, before any compute (``python -m castlib plan``).
+
+Inside ``with planning() as plan:`` the stage functions of :mod:`castlib.engine.stages` compute their run
+ids (a hash of config, input ids and seed, known without training), record them in ``plan`` and return
+the run, complete or not, without preparing data or training anything. The table builders call the same
+stage functions in both modes, so the plan of a table is the table's own wiring, never a copy of it.
+
+Compute estimate: the profile's iterations per stage (:data:`STAGE_ITERATIONS`) times a step time per
+stage, taken from the ``time/step`` column of completed runs' ``log.csv`` in the registry; where no run
+of a stage is complete, :func:`measure_step_times` trains the pipeline for a few steps into
+``<runs_dir>/step_time/`` (the registry caches it) and reads those logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import csv
+import json
+import statistics
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from castlib.config import Config
+from castlib.engine.runs import Run, runs_dir
+
+STEP_TIME_COLUMN = "time/step"  # seconds per training iteration, logged by castlib.engine.loop.train
+STEP_TIME_DIR = "step_time"     # under runs_dir: the short runs that measure step times
+
+# Training iterations of each stage from the profile (section D; pseudo-labelling and teacher_init train none).
+_PER_RUN_STAGES = ("teacher_init", "pseudo_labels")  # no training iterations: timed per run
+STAGE_ITERATIONS: dict[str, Callable[[Config], int]] = {
+    "teacher_init": lambda cfg: 0,
+    "teacher_finetune": lambda cfg: cfg.train.teacher.finetune_iterations,
+    "teacher_self_training": lambda cfg: cfg.train.teacher.self_training_iterations,
+    "pseudo_labels": lambda cfg: 0,
+    "knowledge_transfer": lambda cfg: cfg.train.student.iterations,
+    "student_refinement": lambda cfg: cfg.train.refinement.iterations,
+    "guided_distillation_teacher": lambda cfg: cfg.baselines.guided_distillation.teacher_iterations,
+    "guided_distillation": lambda cfg: cfg.baselines.guided_distillation.iterations,
+}
+
+
+@dataclass
+class PlannedRun:
+    """One run a plan needs: its handle, stage, seed, training iterations and who asked for it."""
+
+    run: Run
+    stage: str
+    seed: int
+    iterations: int
+    needed_by: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.run.complete
+
+    @property
+    def shared(self) -> bool:
+        return len(self.needed_by) > 1
+
+
+@dataclass
+class Plan:
+    """The runs requested while planning, in the order first requested; ``label`` names the requester."""
+
+    runs: dict[str, PlannedRun] = field(default_factory=dict)
+    label: str = ""
+
+    def record(self, cfg: Config, run: Run, stage: str, seed: int) -> None:
+        planned = self.runs.get(run.id)
+        if planned is None:
+            iterations = STAGE_ITERATIONS[stage](cfg) if stage in STAGE_ITERATIONS else 0
+            planned = self.runs[run.id] = PlannedRun(run, stage, seed, iterations)
+        if self.label and self.label not in planned.needed_by:
+            planned.needed_by.append(self.label)
+
+    @contextlib.contextmanager
+    def requested_by(self, label: str) -> Iterator[Plan]:
+        """Attribute the runs recorded inside the block to ``label`` (e.g. ``"Table 3"``)."""
+        previous, self.label = self.label, label
+        try:
+            yield self
+        finally:
+            self.label = previous
+
+
+_ACTIVE: contextvars.ContextVar[Plan | None] = contextvars.ContextVar("castlib_plan", default=None)
+
+
+def current_plan() -> Plan | None:
+    """The plan being recorded, or ``None`` when the stages train for real."""
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def planning() -> Iterator[Plan]:
+    """Planning mode for the block; nested blocks share the outer plan."""
+    outer = _ACTIVE.get()
+    if outer is not None:
+        yield outer
+        return
+    token = _ACTIVE.set(Plan())
+    try:
+        yield _ACTIVE.get()
+    finally:
+        _ACTIVE.reset(token)
+
+
+def logged_step_time(run: Run) -> float | None:
+    """Median seconds per iteration in a run's ``log.csv`` (``None`` without a timed log)."""
+    path = run.dir / "log.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        times = [float(row[STEP_TIME_COLUMN]) for row in csv.DictReader(f) if row.get(STEP_TIME_COLUMN)]
+    return statistics.median(times) if times else None
+
+
+def training_seconds(run: Run) -> float | None:
+    """A complete training run's own training time: its logged step time times its iterations."""
+    step = logged_step_time(run)
+    if step is None or not run.complete:
+        return None
+    return step * run.metrics.get("train", {}).get("iterations", 0)
+
+
+def wall_seconds(run: Run) -> float | None:
+    """Seconds from a complete run's ``run.json`` to its ``complete.json`` (for runs that do not train)."""
+    if not run.complete:
+        return None
+    created = json.loads((run.dir / "run.json").read_text())["created"]
+    finished = json.loads((run.dir / "complete.json").read_text())["finished"]
+    return (datetime.fromisoformat(finished) - datetime.fromisoformat(created)).total_seconds()
+
+
+def registry_step_times(root: Path, profile: str) -> dict[str, float]:
+    """Per stage, seconds per unit of work over the complete runs of ``profile`` under ``root`` (median):
+    training stages per iteration (their logged step time), the others per run (``run.json`` to
+    ``complete.json``: teacher_init's evaluation, a pseudo-labelling pass over D_u)."""
+    found: dict[str, list[float]] = {}
+    for info_path in sorted(root.glob("*/run.json")):
+        run = Run(info_path.parent.name, info_path.parent)
+        info = json.loads(info_path.read_text())
+        if info.get("profile") != profile or not run.complete:
+            continue
+        seconds = logged_step_time(run) if info["stage"] not in _PER_RUN_STAGES else wall_seconds(run)
+        if seconds is not None:
+            found.setdefault(info["stage"], []).append(seconds)
+    return {stage: statistics.median(times) for stage, times in found.items()}
+
+
+def estimated_seconds(planned: PlannedRun, step_times: dict[str, float]) -> float | None:
+    """What a run still costs: 0 when complete, else iterations x step time (or one run's time)."""
+    if planned.complete:
+        return 0.0
+    if planned.stage not in step_times:
+        return None
+    unit = step_times[planned.stage]
+    return unit if planned.stage in _PER_RUN_STAGES else unit * planned.iterations
+
+
+def _table_of(label: str) -> str:
+    """``"Table 4 hinge"`` -> ``"Table 4"``; another label stands for itself."""
+    words = label.split()
+    return " ".join(words[:2]) if words[:1] == ["Table"] else label
+
+
+def plan_frame(plan: Plan, step_times: dict[str, float]) -> pd.DataFrame:
+    """One row per planned run: id, stage, seed, iterations, complete, estimated seconds, the tables that
+    need it (``shared`` when more than one table does) and the rows that ask for it."""
+    rows = []
+    for planned in plan.runs.values():
+        tables = list(dict.fromkeys(_table_of(label) for label in planned.needed_by))
+        rows.append({"run": planned.run.id, "stage": planned.stage, "seed": planned.seed,
+                     "iterations": planned.iterations, "complete": planned.complete,
+                     "estimated s": estimated_seconds(planned, step_times), "tables": ", ".join(tables),
+                     "shared": len(tables) > 1, "needed by": "; ".join(planned.needed_by)})
+    return pd.DataFrame(rows)
+
+
+def measure_step_times(cfg: Config, steps: int = 3) -> dict[str, float]:
+    """Train the CAST pipeline for ``steps`` iterations per stage into ``<runs_dir>/step_time/`` (reused when
+    there) and return the step times its logs recorded. It runs the profile's real models and data, so on a
+    full data set the two pseudo-labelling passes over D_u take their real time."""
+    from castlib.engine import stages
+
+    root = runs_dir(cfg) / STEP_TIME_DIR
+    short = copy.deepcopy(cfg)
+    t = short.train
+    t.teacher.finetune_iterations = t.teacher.self_training_iterations = steps
+    t.student.iterations = t.refinement.iterations = steps
+    t.log_every = 1
+    short.runs_dir = str(root)
+    stages.cast(short)
+    return registry_step_times(root, cfg.profile)
