@@ -144,7 +144,7 @@ def dataset_problems(cfg: Config, decode: bool = True) -> list[str]:
 
     ``decode=True`` reads every pixel (truncated files, annotation modes and class ids); ``decode=False``
     reads the headers only (formats and sizes), fast enough for every stage start."""
-    return [p for split in ("train", "val") for p in _dataset_problems(cfg, split, decode)]
+    return list(dict.fromkeys(p for split in ("train", "val") for p in _dataset_problems(cfg, split, decode)))
 
 
 def check_dataset(cfg: Config, decode: bool = True) -> None:
