@@ -52,7 +52,7 @@ def guard(workspace):
 def private(workspace) -> list[str]:
     """``--set`` arguments sending the synthetic data, split files and runs into the workspace."""
     pairs = {"data.data_dir": workspace / "data", "data.splits_dir": workspace / "data_splits",
-             "runs_dir": workspace / "results" / "runs", "data.synthetic.cityscapes.train": 4,
+             "runs_dir": workspace / "results" / "runs", "data.synthetic.cityscapes.train": 12,
              "data.synthetic.cityscapes.val": 2, "data.synthetic.cityscapes.height": 64,
              "data.synthetic.cityscapes.width": 128}
     return [a for key, value in pairs.items() for a in ("--set", f"{key}={value}")]
