@@ -1,0 +1,94 @@
+"""Kill and resume, end to end (``make test-slow``): `make reproduce` killed with SIGKILL to its process group at
+several points and rerun writes the same tables and metrics as an uninterrupted run; a smoke run made twice
+gives bit-identical metrics on CPU. Everything runs in a private workspace (profile, data, splits, runs,
+results), so the user's ``results/`` is never touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from castlib.config import CONFIG_DIR, REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+EFFICIENCY_COLUMNS = ["model", "params_M", "GFLOPs", "weights_mb"]  # the rest are timings and memory readings
+
+
+def _profile(root: Path) -> Path:
+    """The smoke profile with every folder it writes inside ``root``."""
+    profile = yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())
+    profile["runs_dir"] = str(root / "results" / "runs")
+    profile.setdefault("data", {}).update(data_dir=str(root / "data"), splits_dir=str(root / "data_splits"))
+    path = root / "smoke-private.yaml"
+    path.write_text(yaml.safe_dump(profile, sort_keys=False))
+    return path
+
+
+def _reproduce(root: Path) -> subprocess.Popen:
+    command = ["make", "-o", "setup", "reproduce", f"PY={sys.executable}", f"PROFILE={_profile(root)}",
+               f"RESULTS={root / 'results'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _outputs(root: Path) -> dict[str, object]:
+    """What the comparison covers: tables, the efficiency columns that are not timings, every run's metrics."""
+    results = root / "results"
+    out: dict[str, object] = {}
+    for path in sorted((results / "tables").rglob("*")) if (results / "tables").is_dir() else []:
+        if path.is_file():
+            out[str(path.relative_to(results))] = path.read_bytes()
+    for path in sorted((results / "efficiency").glob("*.csv")):
+        out[str(path.relative_to(results))] = pd.read_csv(path)[EFFICIENCY_COLUMNS].to_csv(index=False)
+    for path in sorted((results / "runs").glob("*/metrics.json")):
+        out[str(path.relative_to(results))] = json.loads(path.read_text())
+    return out
+
+
+def test_make_reproduce_killed_at_several_points_then_rerun_writes_what_a_straight_run_writes(tmp_path):
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    start = time.time()
+    process = _reproduce(straight)
+    assert process.wait(timeout=3600) == 0, process.stderr.read()[-3000:]
+    duration = time.time() - start
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    for fraction in (0.3, 0.65):
+        process = _reproduce(killed)
+        time.sleep(fraction * duration)
+        assert process.poll() is None, "make reproduce ended before it could be killed"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    process = _reproduce(killed)
+    assert process.wait(timeout=3600) == 0, process.stderr.read()[-3000:]
+
+    expected, got = _outputs(straight), _outputs(killed)
+    assert any(k.startswith("runs/") for k in expected) and any(k.startswith("efficiency/") for k in expected)
+    assert got.keys() == expected.keys()
+    assert [k for k in expected if got[k] != expected[k]] == []
+
+
+def test_a_smoke_run_made_twice_gives_bit_identical_metrics(tmp_path):
+    metrics = []
+    for name in ("first", "second"):
+        root = tmp_path / name
+        root.mkdir()
+        command = [sys.executable, "-m", "castlib", "train", "--profile", str(_profile(root)), "--stage", "cast"]
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        metrics.append({p.parent.name: p.read_bytes() for p in (root / "results" / "runs").glob("*/metrics.json")})
+    assert len(metrics[0]) >= 6 and metrics[0] == metrics[1]
