@@ -86,9 +86,10 @@ def test_a_smoke_run_made_twice_gives_bit_identical_metrics(tmp_path):
     for name in ("first", "second"):
         root = tmp_path / name
         root.mkdir()
-        command = [sys.executable, "-m", "castlib", "train", "--profile", str(_profile(root)), "--stage", "cast"]
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert done.returncode == 0, done.stderr[-3000:]
+        profile = str(_profile(root))
+        for command in (["prepare", "--profile", profile], ["train", "--profile", profile, "--stage", "cast"]):
+            done = subprocess.run([sys.executable, "-m", "castlib", *command], cwd=REPO_ROOT, capture_output=True,
+                                  text=True, timeout=3600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            assert done.returncode == 0, done.stderr[-3000:]
         metrics.append({p.parent.name: p.read_bytes() for p in (root / "results" / "runs").glob("*/metrics.json")})
     assert len(metrics[0]) >= 6 and metrics[0] == metrics[1]
