@@ -82,14 +82,15 @@ def test_make_reproduce_killed_at_several_points_then_rerun_writes_what_a_straig
 
 
 def test_a_smoke_run_made_twice_gives_bit_identical_metrics(tmp_path):
+    """The same command twice in the same place (the first run's folders moved away in between)."""
+    profile = str(_profile(tmp_path))
+    runs = tmp_path / "results" / "runs"
     metrics = []
-    for name in ("first", "second"):
-        root = tmp_path / name
-        root.mkdir()
-        profile = str(_profile(root))
+    for attempt in ("first", "second"):
         for command in (["prepare", "--profile", profile], ["train", "--profile", profile, "--stage", "cast"]):
             done = subprocess.run([sys.executable, "-m", "castlib", *command], cwd=REPO_ROOT, capture_output=True,
                                   text=True, timeout=3600, env={**os.environ, "OMP_NUM_THREADS": "1"})
             assert done.returncode == 0, done.stderr[-3000:]
-        metrics.append({p.parent.name: p.read_bytes() for p in (root / "results" / "runs").glob("*/metrics.json")})
-    assert len(metrics[0]) >= 6 and metrics[0] == metrics[1]
+        metrics.append({p.parent.name: p.read_bytes() for p in runs.glob("*/metrics.json")})
+        runs.rename(tmp_path / f"runs-{attempt}")
+    assert len(metrics[0]) == 7 and metrics[0] == metrics[1]
