@@ -185,3 +185,16 @@ def test_ctrl_c_ends_in_one_line_saying_it_can_be_resumed(workspace):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and (out / "synthetic.json").is_file(), done.stderr
 
+
+
+def test_an_unwritable_results_folder_is_one_error_naming_it(cli, private, guard, workspace, monkeypatch):
+    assert cli("prepare", *private)[0] == 0
+
+    def refuse(*args, dir=None, **kwargs):  # root ignores chmod, so the OS's refusal is simulated
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setattr("castlib.io.tempfile.mkstemp", refuse)
+    check = guard()
+    code, err = cli("train", "--stage", "teacher_init", *private)
+    assert code == 2 and err.startswith(f"error: {workspace / 'results' / 'runs'}/") and "Permission denied" in err
+    check.check()
