@@ -57,9 +57,14 @@ _POSITIVE = (0, None, True, False)
 _AT_LEAST_ZERO = (0, None, False, False)
 _FRACTION = (0, 1, True, True)
 _PROBABILITY = (0, 1, False, False)
+_IMAGE_SIDE = (32, None, False, False)  # pixels of a synthetic image side (castlib.data.synthetic.MIN_SIDE)
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "seed": _AT_LEAST_ZERO, "data.split_seed": _AT_LEAST_ZERO, "data.num_workers": _AT_LEAST_ZERO,
-    "data.label_fraction": _FRACTION, "data.label_fractions": _FRACTION,
+    "data.label_fraction": _FRACTION, "data.label_fractions": _FRACTION, "data.synthetic.seed": _AT_LEAST_ZERO,
+    "data.synthetic.cityscapes.train": _POSITIVE, "data.synthetic.cityscapes.val": _POSITIVE,
+    "data.synthetic.cityscapes.height": _IMAGE_SIDE, "data.synthetic.cityscapes.width": _IMAGE_SIDE,
+    "data.synthetic.ade20k.train": _POSITIVE, "data.synthetic.ade20k.val": _POSITIVE,
+    "data.synthetic.ade20k.short_side": _IMAGE_SIDE,
     "augment.short_side": _POSITIVE, "augment.crop": _POSITIVE, "augment.hflip": _PROBABILITY,
     "augment.eval_short_side": _AT_LEAST_ZERO,
     "train.log_every": _POSITIVE, "train.checkpoint_every": _POSITIVE,

@@ -8,8 +8,9 @@ import re
 import pytest
 
 from castlib.__main__ import build_parser
-from castlib.config import CHOICES, REPO_ROOT, load_config
+from castlib.config import CHOICES, RANGES, REPO_ROOT, load_config
 from castlib.data.datasets import DATASETS
+from castlib.data.synthetic import MIN_SIDE
 from castlib.engine.optim import build_scheduler
 from castlib.losses.contrastive_inputs import LOSSES, SCOPES
 from castlib.losses.debiased_sampling import EMBEDDINGS, SCORES
@@ -28,6 +29,7 @@ BAD_VALUES = [
     ("device=gpu", "key 'device': 'gpu' is not one of auto, cpu, cuda"),
     ("train.student.schedule=cosine", "key 'train.student.schedule': 'cosine' is not one of multistep, poly"),
     ("train.lr=1e-4", "key 'train.lr': unknown key"),
+    ("data.synthetic.cityscapes.train=-3", "key 'data.synthetic.cityscapes.train': -3 is out of range"),
 ]
 
 
@@ -72,6 +74,7 @@ def test_the_enum_lists_match_the_code():
     assert set(CHOICES["data.dataset"]) == set(DATASETS)
     assert (CHOICES["loss.contrastive.score"], CHOICES["loss.contrastive.embedding"]) == (SCORES, EMBEDDINGS)
     assert (CHOICES["loss.contrastive.loss"], CHOICES["loss.contrastive.scope"]) == (LOSSES, SCOPES)
+    assert RANGES["data.synthetic.cityscapes.height"][0] == MIN_SIDE
     defaults = load_config("smoke")
     assert set(CHOICES["model.student_backbone"]) == set(defaults.model.backbones)
     import torch
