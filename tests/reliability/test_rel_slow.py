@@ -43,16 +43,21 @@ def _reproduce(root: Path) -> subprocess.Popen:
 
 
 def _outputs(root: Path) -> dict[str, object]:
-    """What the comparison covers: tables, the efficiency columns that are not timings, every run's metrics."""
+    """What the comparison covers: tables, the efficiency columns that are not timings, every run's metrics;
+    the workspace's own path (metrics name the ground truth's folder) reads ``<root>``."""
     results = root / "results"
     out: dict[str, object] = {}
+
+    def text(path: Path) -> str:
+        return path.read_text().replace(str(root), "<root>")
+
     for path in sorted((results / "tables").rglob("*")) if (results / "tables").is_dir() else []:
         if path.is_file():
-            out[str(path.relative_to(results))] = path.read_bytes()
+            out[str(path.relative_to(results))] = text(path)
     for path in sorted((results / "efficiency").glob("*.csv")):
         out[str(path.relative_to(results))] = pd.read_csv(path)[EFFICIENCY_COLUMNS].to_csv(index=False)
     for path in sorted((results / "runs").glob("*/metrics.json")):
-        out[str(path.relative_to(results))] = json.loads(path.read_text())
+        out[str(path.relative_to(results))] = json.loads(text(path))
     return out
 
 
