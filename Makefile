@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 RESULTS := results
 
-.PHONY: setup test test-all reproduce bench lint notebooks clean
+.PHONY: setup test test-slow test-all reproduce bench lint notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ setup: $(STAMP)
 ## test: the test suite, notebooks included (papermill, smoke profile); slow tests excluded
 test: setup
 	$(PY) -m pytest -q -m "not slow"
+
+## test-slow: the slow reliability tests (kill `make reproduce` and rerun; a smoke run twice, bit-identical)
+test-slow: setup
+	$(PY) -m pytest -q -m slow tests/reliability
 
 ## test-all: every test, slow ones too
 test-all: setup

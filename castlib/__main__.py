@@ -15,17 +15,19 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=["cityscapes", "ade20k"], help="overrides data.dataset")
     parser.add_argument("--data-root", help="a real dataset root (overrides data.root)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. --set train.lr=1e-4 (repeatable)")
+                        help="override any config key, e.g. --set train.teacher.lr=1e-4 (repeatable)")
 
 
 def config_from_args(args: argparse.Namespace):
-    from castlib.config import load_config
+    """The config of ``--profile`` with ``--set`` overrides; ``--dataset`` and ``--data-root`` are taken
+    verbatim (a root named ``null`` or holding ``#`` is that folder)."""
+    from castlib.config import load_config, parse_override
 
-    overrides = list(args.overrides)
+    overrides = dict(map(parse_override, args.overrides))
     if args.dataset:
-        overrides.append(f"data.dataset={args.dataset}")
+        overrides["data.dataset"] = args.dataset
     if args.data_root:
-        overrides.append(f"data.root={args.data_root}")
+        overrides["data.root"] = args.data_root
     return load_config(args.profile, overrides)
 
 
@@ -38,18 +40,19 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from castlib.data.loaders import make_splits, prepare_data
+    from castlib.data.loaders import check_dataset, make_splits, prepare_data
 
     cfg = config_from_args(args)
     print(f"data: {prepare_data(cfg, progress=True)}")
-    for path in make_splits(cfg):
+    check_dataset(cfg)
+    for path in make_splits(cfg, force=args.force):
         print(f"split: {path} ({len(path.read_text().splitlines())} image ids)")
 
 
 def cmd_notebooks(args: argparse.Namespace) -> None:
-    from castlib.notebooks import notebook_sources, run_notebook
+    from castlib.notebooks import check_sources, notebook_sources, run_notebook
 
-    for source in args.sources or notebook_sources():
+    for source in check_sources(args.sources) or notebook_sources():
         print(f"running {source} (profile {args.profile}) ...", flush=True)
         print(f"  -> {run_notebook(source, args.out, profile=args.profile, tables=args.tables)}")
 
@@ -171,6 +174,14 @@ def cmd_efficiency(args: argparse.Namespace) -> None:
     print(table.T.to_string())
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from castlib.doctor import diagnose, report
+
+    findings = diagnose(config_from_args(args))
+    print(report(findings))
+    return 1 if any(f.problem for f in findings) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m castlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,12 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=256, help="Cityscapes image width (ADE20K: unused)")
     p.set_defaults(func=cmd_synth)
 
+    force_help = "replace split files that exist and differ (default: keep them and stop with an error)"
     p = sub.add_parser("split", help="write the labelled/unlabelled split files of a profile's dataset")
     add_config_arguments(p)
+    p.add_argument("--force", action="store_true", help=force_help)
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("prepare", help="make a profile's dataset ready: synthetic set (if any) and splits")
+    p = sub.add_parser("prepare", help="make a profile's dataset ready: synthetic set (if any), checks, splits")
     add_config_arguments(p)
+    p.add_argument("--force", action="store_true", help=force_help)
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("train", help="train a CAST stage (and the runs it consumes); complete runs are reused")
     add_config_arguments(p)
@@ -241,17 +255,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8], choices=range(3, 9), metavar="N",
                    help="the supplementary tables the notebooks build (default: 3 ... 8)")
     p.set_defaults(func=cmd_notebooks)
+
+    p = sub.add_parser("doctor", help="check versions, CUDA, the dataset, split files, weights and disk; "
+                                      "says what is wrong and how to fix it (exit 1 when something is)")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command: the kit's errors and unreadable or unwritable files end in one ``error:`` line (exit 2),
+    Ctrl-C in one line saying the run can be resumed (exit 130)."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except CastError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except PermissionError as e:
+        print(f"error: {e.filename}: permission denied ({e.strerror})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: every finished file is kept; run the same command again to resume from the last "
+              "checkpoint", file=sys.stderr)
+        return 130
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -7,12 +7,19 @@ naming the file and the dotted key. Types come from the defaults:
 
 - ``bool``/``int``/``float``/``str``/``list`` defaults admit that type (an int where a float is due is fine);
 - a ``null`` default admits null, a string or a number (paths, hub ids, optional limits);
-- an empty mapping ``{}`` admits any keys (free-form options).
+- an empty mapping ``{}`` admits any keys (free-form options), except the ``contrastive`` overrides of a
+  training stage, whose keys and values are those of ``loss.contrastive``.
+
+Values are then range-checked (:data:`CHOICES`, :data:`RANGES`): enums from their lists, positive rates,
+batch sizes and iterations, fractions in (0, 1), again naming the dotted key. Numbers read as a user writes
+them, in files and ``--set`` alike: ``1e-4`` is a float (YAML 1.1 alone reads it as a string).
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,101 @@ CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
 PROFILES = ("smoke", "mini", "paper")
 OVERRIDE_SOURCE = Path("<override>")
+
+# Enums: the values a key admits (the code's own lists are checked against these by the tests).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "data.dataset": ("cityscapes", "ade20k"),
+    "train.teacher.schedule": ("multistep", "poly", "constant"),
+    "train.student.schedule": ("multistep", "poly", "constant"),
+    "loss.contrastive.impl": ("fast", "reference"),
+    "loss.contrastive.score": ("original", "squared", "sqrt"),
+    "loss.contrastive.embedding": ("fusion", "mask_only", "class_only", "uniform"),
+    "loss.contrastive.loss": ("infonce", "hinge"),
+    "loss.contrastive.scope": ("batch", "memory_bank"),
+    "model.student_backbone": ("dinov2_s", "dinov2_b", "dinov2_l", "resnet50"),
+    "model.baseline_backbone": ("dinov2_s", "dinov2_b", "dinov2_l", "resnet50"),
+    "eval.table_metric.cityscapes": ("cityscapes", "coco"),
+    "eval.table_metric.ade20k": ("coco",),
+    "eval.efficiency.dtype": ("float32", "bfloat16", "float16"),
+    "baselines.guided_distillation.unlabelled_pool": ("train", "unlabelled"),
+}
+
+# Numeric ranges: (low, high, low_open, high_open); None = unbounded. A list value is checked item by item.
+_POSITIVE = (0, None, True, False)
+_AT_LEAST_ZERO = (0, None, False, False)
+_FRACTION = (0, 1, True, True)
+_PROBABILITY = (0, 1, False, False)
+_IMAGE_SIDE = (32, None, False, False)  # pixels of a synthetic image side (castlib.data.synthetic.MIN_SIDE)
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "seed": _AT_LEAST_ZERO, "data.split_seed": _AT_LEAST_ZERO, "data.num_workers": _AT_LEAST_ZERO,
+    "data.label_fraction": _FRACTION, "data.label_fractions": _FRACTION, "data.synthetic.seed": _AT_LEAST_ZERO,
+    "data.synthetic.cityscapes.train": _POSITIVE, "data.synthetic.cityscapes.val": _POSITIVE,
+    "data.synthetic.cityscapes.height": _IMAGE_SIDE, "data.synthetic.cityscapes.width": _IMAGE_SIDE,
+    "data.synthetic.ade20k.train": _POSITIVE, "data.synthetic.ade20k.val": _POSITIVE,
+    "data.synthetic.ade20k.short_side": _IMAGE_SIDE,
+    "augment.short_side": _POSITIVE, "augment.crop": _POSITIVE, "augment.hflip": _PROBABILITY,
+    "augment.eval_short_side": _AT_LEAST_ZERO,
+    "train.log_every": _POSITIVE, "train.checkpoint_every": _POSITIVE,
+    "train.teacher.lr": _POSITIVE, "train.teacher.weight_decay": _AT_LEAST_ZERO,
+    "train.teacher.milestones": _FRACTION, "train.teacher.gamma": (0, 1, True, False),
+    "train.teacher.batch_size": _POSITIVE, "train.teacher.grad_clip": _AT_LEAST_ZERO,
+    "train.teacher.contrastive_weight": _AT_LEAST_ZERO, "train.teacher.semi_weight": _AT_LEAST_ZERO,
+    "train.teacher.finetune_iterations": _POSITIVE, "train.teacher.self_training_iterations": _POSITIVE,
+    "train.pseudo_labels.threshold": _PROBABILITY, "train.pseudo_labels.max_instances": _POSITIVE,
+    "train.student.encoder_lr": _POSITIVE, "train.student.decoder_lr": _POSITIVE,
+    "train.student.weight_decay": _AT_LEAST_ZERO, "train.student.power": _POSITIVE,
+    "train.student.batch_size": _POSITIVE, "train.student.grad_clip": _AT_LEAST_ZERO,
+    "train.student.contrastive_weight": _AT_LEAST_ZERO, "train.student.semi_weight": _AT_LEAST_ZERO,
+    "train.student.iterations": _POSITIVE,
+    "train.refinement.iterations": _POSITIVE, "train.refinement.batch_size": _POSITIVE,
+    "loss.class_weight": _AT_LEAST_ZERO, "loss.mask_weight": _AT_LEAST_ZERO, "loss.dice_weight": _AT_LEAST_ZERO,
+    "loss.no_object_weight": _AT_LEAST_ZERO, "loss.num_points": _POSITIVE,
+    "loss.oversample_ratio": (1, None, False, False),
+    "loss.importance_sample_ratio": _PROBABILITY,
+    "loss.contrastive.num_negatives": _POSITIVE, "loss.contrastive.temperature": _POSITIVE,
+    "loss.contrastive.margin": _AT_LEAST_ZERO, "loss.contrastive.bank_size": _POSITIVE,
+    "loss.contrastive.chunk_size": _POSITIVE,
+    "model.decoder.num_queries": _POSITIVE, "model.decoder.dropout": (0, 1, False, True),
+    "eval.top_k": _POSITIVE, "eval.batch_size": _POSITIVE,
+    "eval.efficiency.batch_size": _POSITIVE, "eval.efficiency.warmup": _AT_LEAST_ZERO,
+    "eval.efficiency.repeats": _POSITIVE,
+    "loss.contrastive.bank_push": _POSITIVE, "augment.strong.random_resized_crop.scale": (0, 1, True, False),
+    "augment.strong.random_resized_crop.ratio": _POSITIVE,
+    "baselines.guided_distillation.teacher_iterations": _POSITIVE,
+    "baselines.guided_distillation.iterations": _POSITIVE,
+    "baselines.guided_distillation.burn_in_iterations": _AT_LEAST_ZERO,
+    "baselines.guided_distillation.batch_size": _POSITIVE, "baselines.guided_distillation.lr": _POSITIVE,
+    "baselines.guided_distillation.backbone_lr_factor": _AT_LEAST_ZERO,
+    "baselines.guided_distillation.weight_decay": _AT_LEAST_ZERO,
+    "baselines.guided_distillation.grad_clip": _AT_LEAST_ZERO, "baselines.guided_distillation.power": _POSITIVE,
+    "baselines.guided_distillation.ema_decay": _PROBABILITY,
+    "baselines.guided_distillation.unlabelled_weight": _AT_LEAST_ZERO,
+    "baselines.guided_distillation.class_threshold": _PROBABILITY,
+    "baselines.guided_distillation.min_mask_area": _AT_LEAST_ZERO,
+    "baselines.guided_distillation.mask_threshold": _PROBABILITY,
+}
+# Free-form sections whose keys are those of another section.
+_SECTION_LIKE = {"train.teacher.contrastive": "loss.contrastive", "train.student.contrastive": "loss.contrastive"}
+
+_NUMBER = re.compile(r"^[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with floats as a user writes them: ``1e-4`` and ``5E-5`` are floats (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)[eE][-+]?\d+$|^[-+]?(\d+\.\d*|\.\d+)$|^[-+]?\.(inf|Inf|INF)$"
+               r"|^\.(nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with :class:`_Loader`'s float rule."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class Config(dict):
@@ -68,7 +170,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(path, "<file>", "no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(path, "<file>", f"not valid YAML: {e}") from e
     if data is None:
@@ -128,12 +230,25 @@ def merge(base: dict, override: Mapping, source: Path | None, prefix: str = "") 
     return out
 
 
+def parse_value(raw: str) -> Any:
+    """A command-line value as a user means it: numbers (``1e-4``), ``true``/``false``, ``null``, lists and
+    mappings as YAML; any other text is kept verbatim (``/data/x #v2`` keeps its ``#v2``)."""
+    text = raw.strip()
+    if _NUMBER.match(text):
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    try:
+        value = load_yaml(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, str) and text[:1] not in "'\"" else value
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"train.lr=1e-4"`` -> ``("train.lr", 0.0001)``; the value is read as YAML."""
+    """``"train.teacher.lr=1e-4"`` -> ``("train.teacher.lr", 0.0001)``; the value as :func:`parse_value` reads it."""
     if "=" not in text:
         raise ConfigError(None, text, "an override must look like key.path=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    return key.strip(), parse_value(raw)
 
 
 def _nest(dotted: str, value: Any) -> dict:
@@ -165,14 +280,86 @@ def load_config(
     for override in nested:
         cfg = merge(cfg, override, OVERRIDE_SOURCE)
     chosen = None
+    datasets = CHOICES["data.dataset"]
     for dataset, section in cfg["per_dataset"].items():  # validate every section, apply the chosen one
+        if dataset not in datasets:
+            raise ConfigError(path, f"per_dataset.{dataset}", f"unknown dataset (use one of {', '.join(datasets)})")
         if not isinstance(section, dict):
             raise ConfigError(path, f"per_dataset.{dataset}", "expected a mapping of keys to replace")
         merged = merge(cfg, section, path, prefix=f"per_dataset.{dataset}.")
+        _check_section(merged, section, path, f"per_dataset.{dataset}.")
         if dataset == cfg["data"]["dataset"]:
             chosen = merged
     if chosen is not None:
         cfg = chosen
         for override in nested:
             cfg = merge(cfg, override, OVERRIDE_SOURCE)
+    overridden = [key for key, _ in items]
+    try:
+        check_ranges(cfg, path)
+    except ConfigError as e:
+        if any(e.key.startswith(k) or k.startswith(e.key.split("[")[0]) for k in overridden):
+            raise ConfigError(OVERRIDE_SOURCE, e.key, e.problem) from None
+        raise
     return as_config(cfg)
+
+
+def _set_keys(section: Mapping, prefix: str = "") -> list[str]:
+    """The dotted keys a (nested) section sets."""
+    keys: list[str] = []
+    for key, value in section.items():
+        keys += _set_keys(value, f"{prefix}{key}.") if isinstance(value, Mapping) and value else [f"{prefix}{key}"]
+    return keys
+
+
+def _check_section(merged: Mapping, section: Mapping, source: Path, prefix: str) -> None:
+    """Range-check a ``per_dataset`` section's own keys, within the config it completes."""
+    try:
+        check_ranges(merged, source)
+    except ConfigError as e:
+        if any(e.key.startswith(k) for k in _set_keys(section)):
+            raise ConfigError(source, prefix + e.key, e.problem) from None
+
+
+def _lookup(cfg: Mapping, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _check_range(key: str, value: Any, bounds: tuple, source: Path | None) -> None:
+    low, high, low_open, high_open = bounds
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_range(f"{key}[{i}]", v, bounds, source)
+        return
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high or math.isnan(value):
+        interval = (f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}"
+                    f"{')' if high_open or high is None else ']'}")
+        raise ConfigError(source, key, f"{value!r} is out of range; expected a value in {interval}")
+
+
+def _check_key(rule: str, value: Any, shown: str, source: Path | None) -> None:
+    if rule in CHOICES and value is not None and value not in CHOICES[rule]:
+        raise ConfigError(source, shown, f"{value!r} is not one of {', '.join(CHOICES[rule])}")
+    if rule in RANGES:
+        _check_range(shown, value, RANGES[rule], source)
+
+
+def check_ranges(cfg: Mapping, source: Path | None) -> None:
+    """Enums from :data:`CHOICES`, numbers within :data:`RANGES`; the training stages' ``contrastive``
+    overrides are checked as ``loss.contrastive`` keys. Raises ConfigError naming the dotted key."""
+    for dotted in (*CHOICES, *RANGES):
+        _check_key(dotted, _lookup(cfg, dotted), dotted, source)
+    for key, like in _SECTION_LIKE.items():
+        overrides = _lookup(cfg, key) or {}
+        merge(_lookup(cfg, like), overrides, source, prefix=f"{key}.")
+        for sub, value in overrides.items():
+            _check_key(f"{like}.{sub}", value, f"{key}.{sub}", source)

@@ -37,3 +37,12 @@ class EvaluationError(CastError, ValueError):
         self.where = str(where)
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
+
+
+class FileAccessError(CastError, OSError):
+    """A file or folder the kit must write (or read) is not accessible: read-only, no permission, no space."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import jupytext
 import papermill
 
 from castlib.config import REPO_ROOT, Config
+from castlib.errors import DataError
 from castlib.io import write_json_atomic
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -25,6 +26,17 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 def notebook_sources() -> list[Path]:
     """``notebooks/NN_*.py`` in order."""
     return sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def check_sources(sources: Iterable[str | Path]) -> list[Path]:
+    """The given notebook sources, each an existing jupytext ``.py`` file (else a DataError naming it)."""
+    paths = [Path(s) for s in sources]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(path, "no such notebook source (give notebooks/NN_*.py files, or none for all)")
+        if path.suffix != ".py":
+            raise DataError(path, "not a notebook source: give the jupytext .py file (notebooks/NN_*.py)")
+    return paths
 
 
 def run_notebook(source: str | Path, out_dir: str | Path, cell_timeout: int | None = None, **parameters: Any) -> Path:

@@ -148,7 +148,8 @@ def test_a_missing_upstream_run_is_named(cfg, pipeline):
 def test_a_corrupt_checkpoint_is_named_and_nothing_written_is_lost(cfg, pipeline):
     changed = load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), "train.refinement.iterations=4"])
     run = create_run(changed, "student_refinement", stages.stage_config(changed, "student_refinement"),
-                     {"student": pipeline["student"]}, changed.seed)
+                     {"student": pipeline["student"]}, changed.seed,
+                     data=stages.input_digests(changed, "student_refinement"))
     run.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     run.checkpoint.write_bytes(b"not a checkpoint")
     before = sorted(p.name for p in run.dir.rglob("*"))

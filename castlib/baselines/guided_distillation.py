@@ -44,7 +44,6 @@ from castlib.models import build_model
 TEACHER_STAGE = "guided_distillation_teacher"
 STAGE = "guided_distillation"
 SECTION = "baselines.guided_distillation"
-UNLABELLED_POOLS = ("train", "unlabelled")
 
 # detectron2's get_default_optimizer_params: parameters of these modules get no weight decay (spec 1.9).
 NO_DECAY_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
@@ -64,9 +63,6 @@ def gd_config(cfg: Config, backbone: str, fraction: float) -> Config:
     out.model.baseline_backbone = backbone
     out.data.label_fraction = float(fraction)
     section = out.get_path(SECTION)
-    if section.unlabelled_pool not in UNLABELLED_POOLS:
-        raise ConfigError(None, f"{SECTION}.unlabelled_pool",
-                          f"expected one of {', '.join(UNLABELLED_POOLS)}, got {section.unlabelled_pool!r}")
     if not 0 <= section.burn_in_iterations <= section.iterations:
         raise ConfigError(None, f"{SECTION}.burn_in_iterations",
                           f"must lie in 0..iterations ({section.iterations}), got {section.burn_in_iterations}")

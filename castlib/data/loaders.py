@@ -1,21 +1,30 @@
 """From a config to datasets and DataLoaders: the dataset root (real, or the profile's synthetic
-set, generated on first use), its split files, labelled and unlabelled loaders."""
+set, generated on first use), its checks, its split files, labelled and unlabelled loaders.
+
+:func:`check_dataset` reads every image and annotation a run will use and reports all problems at
+once; :func:`data_digest` and :func:`split_digest` enter run ids, so a changed input is a new run."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from castlib.config import REPO_ROOT, Config
 from castlib.data import splits as S
 from castlib.data.datasets import DATASETS, InstanceDataset
 from castlib.data.sample import InstanceSample, collate
-from castlib.data.synthetic import SyntheticSpec, generate
+from castlib.data.synthetic import SyntheticSpec, generate, read_manifest
 from castlib.data.transforms import EvalView, train_views
-from castlib.errors import ConfigError
+from castlib.errors import ConfigError, DataError
+
+_IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
 def repo_path(path: str | Path) -> Path:
@@ -83,23 +92,131 @@ def split_files(cfg: Config, fraction: float | None = None) -> tuple[Path, Path]
     return S.split_paths(repo_path(cfg.data.splits_dir), dataset_name(cfg), tag, cfg.data.split_seed)
 
 
-def make_splits(cfg: Config) -> list[Path]:
-    """Write the split files of the config's dataset (all ``label_fractions`` for Cityscapes)."""
+def _image_problems(path: Path, decode: bool) -> tuple[str | None, tuple[int, int] | None]:
+    """(problem, (width, height)) of one image file: missing, unreadable, truncated or the wrong format."""
+    if not path.is_file():
+        return f"{path}: image missing", None
+    try:
+        with Image.open(path) as im:
+            expected = _IMAGE_FORMATS.get(path.suffix.lower())
+            if im.format != expected:
+                return f"{path}: is a {im.format} file, expected {expected} for {path.suffix}", None
+            if decode:
+                im.load()
+            return None, im.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        return f"{path}: cannot read image ({e})", None
+
+
+def _dataset_problems(cfg: Config, split: str, decode: bool) -> Iterator[str]:
+    try:
+        images = build_dataset(cfg, split, load_annotations=False)
+    except DataError as e:
+        yield str(e)
+        return
+    if not images.image_ids:
+        yield f"{images.image_dir()}: no images in the {split} set"
+    for image_id in images.image_ids:
+        image_path, ann = images.image_path(image_id), images.annotation_path(image_id)
+        problem, size = _image_problems(image_path, decode)
+        if problem:
+            yield problem
+        if not ann.is_file():
+            yield f"{ann}: annotation missing for image {image_path}"
+            continue
+        try:
+            if decode:
+                masks, _ = images.decode(ann)
+                ann_size = (masks.shape[2], masks.shape[1])
+            else:
+                with Image.open(ann) as im:
+                    ann_size = im.size
+        except DataError as e:
+            yield str(e)
+            continue
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            yield f"{ann}: cannot read annotation ({e})"
+            continue
+        if size is not None and ann_size != size:
+            yield f"{ann}: annotation is {ann_size[0]}x{ann_size[1]} but image {image_path} is {size[0]}x{size[1]}"
+
+
+def dataset_problems(cfg: Config, decode: bool = True) -> list[str]:
+    """Every problem of the train and validation sets, one line each (``path: problem``).
+
+    ``decode=True`` reads every pixel (truncated files, annotation modes and class ids); ``decode=False``
+    reads the headers only (formats and sizes), fast enough for every stage start."""
+    return list(dict.fromkeys(p for split in ("train", "val") for p in _dataset_problems(cfg, split, decode)))
+
+
+def check_dataset(cfg: Config, decode: bool = True) -> None:
+    """Raise one :class:`DataError` listing every problem :func:`dataset_problems` finds."""
+    problems = dataset_problems(cfg, decode)
+    if problems:
+        shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
+        raise DataError(dataset_root(cfg), f"{len(problems)} problem(s) in the dataset:\n  {shown}")
+
+
+def data_digest(cfg: Config) -> str:
+    """A digest of the dataset: the synthetic set's manifest content, or the path, size and mtime of every
+    file under a real root (cheap: file stats only, no pixel read). A changed, added or removed file changes it."""
+    root = dataset_root(cfg)
+    h = hashlib.sha256()
+    if is_synthetic(cfg):  # the set is a function of its spec, so planning knows the digest before it is drawn
+        spec = read_manifest(root) or synthetic_spec(cfg)
+        h.update(json.dumps(asdict(spec), sort_keys=True).encode())
+        return h.hexdigest()[:16]
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            st = path.stat()
+            h.update(f"{path.relative_to(root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def split_digest(cfg: Config, fraction: float | None = None) -> str:
+    """A digest of the contents of the labelled and unlabelled split files this config trains on."""
+    h = hashlib.sha256()
+    for path in split_files(cfg, fraction):
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _guard_split(path: Path, image_ids: list[str], force: bool) -> None:
+    """A split file that exists is replaced only by the same ids, or with ``force``."""
+    if not image_ids:
+        raise DataError(path, "would be written with no image ids; the dataset's train set is empty")
+    if force or not path.is_file():
+        return
+    before = S.read_split(path)
+    if before != image_ids:
+        raise DataError(path, f"exists with {len(before)} image ids and differs from the {len(image_ids)} this "
+                              "dataset and seed give; nothing was written (pass --force to replace it)")
+
+
+def make_splits(cfg: Config, force: bool = False) -> list[Path]:
+    """Write the split files of the config's dataset (all ``label_fractions`` for Cityscapes).
+
+    An existing file that differs is kept (an error) unless ``force``; no file is written before all pass."""
     dataset = _dataset(cfg)
     train = build_dataset(cfg, "train", load_annotations=dataset == "ade20k")
-    written: list[Path] = []
+    planned: list[tuple[Path, list[str]]] = []
+    if not train.image_ids:
+        raise DataError(train.image_dir(), "no training images: cannot draw split files")
     if dataset == "cityscapes":
         for fraction in cfg.data.label_fractions:
             split = S.label_fraction_split(train.image_ids, fraction, cfg.data.split_seed)
             labelled, unlabelled = split_files(cfg, fraction)
-            written += [S.write_split(labelled, split.labelled), S.write_split(unlabelled, split.unlabelled)]
+            planned += [(labelled, split.labelled), (unlabelled, split.unlabelled)]
     else:
         n_labelled, n_unlabelled = S.ade20k_split_sizes(len(train))
         classes = {i: train.image_classes(i) for i in train.image_ids}
         split = S.stratified_split(classes, n_labelled, n_unlabelled, cfg.data.split_seed)
         labelled, unlabelled = split_files(cfg)
-        written += [S.write_split(labelled, split.labelled), S.write_split(unlabelled, split.unlabelled)]
-    return written
+        planned += [(labelled, split.labelled), (unlabelled, split.unlabelled)]
+    for path, ids in planned:
+        _guard_split(path, ids, force)
+    return [S.write_split(path, ids) for path, ids in planned]
 
 
 def read_split_ids(cfg: Config, which: str, fraction: float | None = None) -> list[str]:

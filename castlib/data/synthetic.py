@@ -36,6 +36,8 @@ from castlib.errors import DataError
 from castlib.io import save_image_atomic, write_json_atomic, write_text_atomic
 
 MANIFEST = "synthetic.json"
+MARKER = ".castlib-synthetic"  # written first: a folder with it is one castlib is (re)writing
+MIN_SIDE = 32  # pixels; smaller images leave no room for the layouts'
 SPLIT_CODES = {"train": 0, "val": 1}
 
 
@@ -494,14 +496,29 @@ def read_manifest(root: Path) -> SyntheticSpec | None:
         raise DataError(path, f"not a valid synthetic-set manifest ({e})") from e
 
 
+def check_spec(spec: SyntheticSpec) -> None:
+    """Range-check a spec before anything is written (``synth --train -3`` is an error, not a set)."""
+    if spec.format not in _WRITERS:
+        raise DataError(Path("--format"), f"unknown synthetic format {spec.format!r}; use one of {sorted(_WRITERS)}")
+    for name in ("train", "val"):
+        if getattr(spec, name) < 1:
+            raise DataError(Path(f"--{name}"), f"needs at least 1 image, got {getattr(spec, name)}")
+    sides = ("height", "width") if spec.format == "cityscapes" else ("height",)
+    for name in sides:
+        if getattr(spec, name) < MIN_SIDE:
+            raise DataError(Path(f"--{name}"), f"must be at least {MIN_SIDE} pixels, got {getattr(spec, name)}")
+    if spec.seed < 0:
+        raise DataError(Path("--seed"), f"must be >= 0, got {spec.seed}")
+
+
 def generate(spec: SyntheticSpec, root: str | Path, progress: bool = False) -> Path:
     """Write a synthetic set to ``root``; the manifest, written last, marks it complete.
 
     An existing complete set with the same spec is kept as it is; one with a different spec is an
-    error (nothing already written is overwritten). An incomplete set is regenerated.
+    error (nothing already written is overwritten). An incomplete set castlib started (its marker file
+    is there) is regenerated; any other non-empty folder is refused, so a real dataset root is never touched.
     """
-    if spec.format not in _WRITERS:
-        raise ValueError(f"unknown synthetic format {spec.format!r}; use one of {sorted(_WRITERS)}")
+    check_spec(spec)
     root = Path(root)
     existing = read_manifest(root)
     if existing == spec:
@@ -509,9 +526,15 @@ def generate(spec: SyntheticSpec, root: str | Path, progress: bool = False) -> P
     if existing is not None:
         raise DataError(root / MANIFEST, f"a synthetic set with another spec is already here ({existing}); "
                                          f"remove the folder or choose another output to write {spec}")
-    if root.exists():
+    if root.exists() and not root.is_dir():
+        raise DataError(root, "exists and is not a folder; choose another output")
+    if root.is_dir() and any(root.iterdir()):
+        if not (root / MARKER).is_file():
+            raise DataError(root, "folder is not empty and is not a synthetic set castlib made; nothing was "
+                                  "written (choose a new or empty folder)")
         for child in ("leftImg8bit", "gtFine", "images", "annotations_instance"):
             shutil.rmtree(root / child, ignore_errors=True)
+    write_text_atomic(root / MARKER, "a synthetic set castlib is writing or wrote; see synthetic.json\n")
     writer = _WRITERS[spec.format]
     jobs = [(split, i) for split in ("train", "val") for i in range(getattr(spec, split))]
     if progress:

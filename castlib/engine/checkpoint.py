@@ -31,8 +31,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: str | Path, *, iteration: int, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler: Any, extra: dict | None = None) -> Path:
-    """Write ``path`` atomically: a reader sees the previous checkpoint or this one, never half of one."""
+                    optimizer: torch.optim.Optimizer, scheduler: Any, extra: dict | None = None,
+                    values: dict[str, float] | None = None) -> Path:
+    """Write ``path`` atomically: a reader sees the previous checkpoint or this one, never half of one.
+    ``values`` (the last logged losses) let a run resumed at its last iteration report the same summary."""
     state = {
         "iteration": iteration,
         "model": model.state_dict(),
@@ -40,6 +42,7 @@ def save_checkpoint(path: str | Path, *, iteration: int, model: torch.nn.Module,
         "scheduler": scheduler.state_dict(),
         "rng": rng_state(),
         "extra": {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in (extra or {}).items()},
+        "values": dict(values or {}),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -39,14 +39,15 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
     """
     extra_state = dict(extra_state or {})
     start = 0
+    values: dict[str, float] = {}
     if run.checkpoint.is_file():
-        start = restore(load_checkpoint(run.checkpoint), model=model, optimizer=optimizer, scheduler=scheduler,
-                        extra=extra_state)
+        state = load_checkpoint(run.checkpoint)
+        start = restore(state, model=model, optimizer=optimizer, scheduler=scheduler, extra=extra_state)
+        values = dict(state.get("values", {}))  # a run killed after its last checkpoint reports the same summary
     log = TrainingLog(run.dir / "log.csv", resume_from=start) if ctx.is_main else None
     step = step_factory(start)
     bar = tqdm(total=iterations, initial=start, desc=desc, disable=not ctx.is_main, dynamic_ncols=True,
                mininterval=1.0)
-    values: dict[str, float] = {}
     model.train()
     for it in range(start, iterations):
         lrs = learning_rates(optimizer)
@@ -70,7 +71,7 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
         if (it + 1) % checkpoint_every == 0 or it + 1 == iterations:
             if ctx.is_main:
                 save_checkpoint(run.checkpoint, iteration=it + 1, model=model, optimizer=optimizer,
-                                scheduler=scheduler, extra=extra_state)
+                                scheduler=scheduler, extra=extra_state, values=values)
                 log.flush()
             barrier(ctx)
     bar.close()

@@ -61,10 +61,12 @@ def _strip(config: Mapping, keys: tuple[str, ...]) -> dict:
     return out
 
 
-def run_id(stage: str, config: Mapping, inputs: Mapping[str, str], seed: int) -> str:
-    """12 hex digits of the SHA-256 of the canonical JSON of (stage, config, inputs, seed)."""
+def run_id(stage: str, config: Mapping, inputs: Mapping[str, str], seed: int,
+           data: Mapping[str, str] | None = None) -> str:
+    """12 hex digits of the SHA-256 of the canonical JSON of (stage, config, inputs, seed) and, when given,
+    the digests of the data the run reads (dataset manifest, split files), so a changed input is a new run."""
     payload = {"stage": stage, "config": _strip(config, RUNTIME_KEYS), "inputs": dict(sorted(inputs.items())),
-               "seed": seed}
+               "seed": seed} | ({"data": dict(sorted(data.items()))} if data else {})
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -164,15 +166,15 @@ def open_run(cfg: Config, run_id_: str) -> Run:
 
 
 def create_run(cfg: Config, stage: str, config: Mapping, inputs: Mapping[str, Run], seed: int,
-               write: bool = True, check_inputs: bool = True) -> Run:
-    """The run of ``stage`` on ``config`` consuming ``inputs``; its folder and ``run.json`` are made
-    on first use (``write=False`` on non-zero distributed ranks and when planning). Inputs must be complete
-    (``check_inputs=False``: planning, where an id is all that is asked)."""
+               write: bool = True, data: Mapping[str, str] | None = None, check_inputs: bool = True) -> Run:
+    """The run of ``stage`` on ``config`` consuming ``inputs`` and the data of digests ``data``; its folder
+    and ``run.json`` are made on first use (``write=False`` on non-zero distributed ranks and when planning).
+    Inputs must be complete (``check_inputs=False``: planning, where an id is all that is asked)."""
     for role, run in inputs.items():
         if check_inputs:
             run.require_complete(role)
     ids = {role: run.id for role, run in inputs.items()}
-    rid = run_id(stage, config, ids, seed)
+    rid = run_id(stage, config, ids, seed, data)
     run = Run(rid, runs_dir(cfg) / rid)
     info_path = run.dir / "run.json"
     if info_path.is_file():
@@ -183,7 +185,7 @@ def create_run(cfg: Config, stage: str, config: Mapping, inputs: Mapping[str, Ru
         write_text_atomic(run.dir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(config, default=str)),
                                                                   sort_keys=False))
         write_json_atomic(info_path, {
-            "id": rid, "stage": stage, "inputs": ids, "seed": seed, "profile": cfg.profile,
+            "id": rid, "stage": stage, "inputs": ids, "seed": seed, "profile": cfg.profile, "data": dict(data or {}),
             "commit": git_commit(), "hardware": hardware(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         })
     return run

@@ -31,9 +31,13 @@ from castlib.config import Config
 from castlib.data.classes import CLASS_LISTS
 from castlib.data.loaders import (
     build_dataset,
+    check_dataset,
+    data_digest,
     labelled_dataset,
     prepare_data,
     read_split_ids,
+    split_digest,
+    split_files,
     unlabelled_dataset,
     val_dataset,
 )
@@ -45,7 +49,7 @@ from castlib.engine.objective import Objective
 from castlib.engine.optim import build_optimizer, build_scheduler
 from castlib.engine.plan import current_plan
 from castlib.engine.runs import Run, RunError, create_run
-from castlib.errors import ConfigError
+from castlib.errors import ConfigError, DataError
 from castlib.eval import eval_options, evaluate_model
 from castlib.io import write_json_atomic
 from castlib.losses import MemoryBank, SetCriterion, contrastive_options
@@ -119,18 +123,42 @@ def _seed(cfg: Config, seed: int | None) -> int:
     return cfg.seed if seed is None else seed
 
 
+_TRAINED_STAGES = ("teacher_finetune", "teacher_self_training", "knowledge_transfer", "student_refinement")
+
+
+def _check_inputs(cfg: Config, stage: str) -> None:
+    """Fail before a run exists when its data cannot make a meaningful run: a dataset with problems (headers
+    only: formats and image/annotation sizes), an empty validation set, an empty split the stage reads."""
+    check_dataset(cfg, decode=False)
+    needed = {"labelled": stage in _TRAINED_STAGES, "unlabelled": stage == "pseudo_labels"}
+    for path, which in zip(split_files(cfg), ("labelled", "unlabelled"), strict=True):
+        if needed[which] and not read_split_ids(cfg, which):
+            raise DataError(path, f"the {which} split is empty: {stage} has nothing to train on (run "
+                                  "`python -m castlib prepare --force` or fix the file)")
+
+
+def input_digests(cfg: Config, stage: str) -> dict[str, str]:
+    """The digests of the data ``stage`` reads, which enter its run id: the dataset, and the split files."""
+    return {"dataset": data_digest(cfg)} | ({"splits": split_digest(cfg)} if stage != "teacher_init" else {})
+
+
 def _start(cfg: Config, stage: str, inputs: Mapping[str, Run], seed: int, **options: Any) -> tuple[Run, D.Context]:
     ctx = D.init(cfg.device)
     plan = current_plan()
     if plan is not None:  # planning mode: the run id alone, nothing prepared or written
         run = create_run(cfg, stage, stage_config(cfg, stage, **options), inputs, seed, write=False,
-                         check_inputs=False)
+                         check_inputs=False, data=input_digests(cfg, stage))
         plan.record(cfg, run, stage, seed)
         return run, ctx
     if ctx.is_main:
         prepare_data(cfg)
     D.barrier(ctx)
-    run = create_run(cfg, stage, stage_config(cfg, stage, **options), inputs, seed, write=ctx.is_main)
+    _check_inputs(cfg, stage)
+    run = create_run(cfg, stage, stage_config(cfg, stage, **options), inputs, seed, write=ctx.is_main,
+                     data=input_digests(cfg, stage))
+    if run.complete and stage in _TRAINED_STAGES and not run.metrics.get("train", {}).get("iterations", 0) > 0:
+        raise RunError(run.dir / "complete.json", f"run {run.id} ({stage}) is marked complete but never trained; "
+                                                  "move the folder away to train it again")
     return run, ctx
 
 
@@ -388,11 +416,13 @@ def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, it
 # Re-evaluation of a finished run (``python -m castlib evaluate --run <id>``).
 
 def run_config(run: Run) -> Config:
-    """The run's profile with the data, augmentation and evaluation settings it was made with."""
-    from castlib.config import load_config
+    """The run's profile (the defaults for a custom YAML profile) with every setting the run stored."""
+    from castlib.config import DEFAULTS_FILE, PROFILES, load_config
 
     stored = run.config().to_dict()
-    return load_config(run.info["profile"], {k: stored[k] for k in ("data", "augment", "eval") if k in stored})
+    stored.pop("options", None)
+    profile = run.info["profile"]  # a custom YAML profile: the defaults, then everything the run stored
+    return load_config(profile if profile in PROFILES else DEFAULTS_FILE, stored)
 
 
 def evaluate_run(run: Run, cfg: Config | None = None) -> dict:
@@ -400,7 +430,11 @@ def evaluate_run(run: Run, cfg: Config | None = None) -> dict:
     the run's training summary."""
     from castlib.models.base import read_meta
 
+    if not run.complete:
+        raise RunError(run.dir, f"run {run.id} ({run.stage}) is not complete: resume it with `python -m castlib "
+                                "train` (the same arguments) before evaluating it")
     cfg = run_config(run) if cfg is None else cfg
+    check_dataset(cfg, decode=False)
     if not (run.model_dir / "castlib_model.json").is_file():
         raise RunError(run.model_dir, f"run {run.id} ({run.stage}) has no final model to evaluate")
     meta = read_meta(run.model_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_model
 
 from castlib.config import Config, load_config
@@ -47,7 +48,11 @@ def _load_checkpoint(directory: Path, which: str, num_classes: int) -> Segmentat
                                    f"not a {which} with {num_classes}")
     cfg = load_config("smoke", {"model": meta["model"]})  # the checkpoint's model section replaces the profile's
     model = _construct(cfg, which, num_classes, meta["class_names"], False, meta["components"], directory)
-    missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False)
+    except (SafetensorError, OSError) as e:
+        raise DataError(directory / WEIGHTS_FILE, f"cannot read the weights (truncated or corrupt: {e}); train the "
+                                                  "run again (move its folder away) or restore the file") from e
     if missing or unexpected:
         raise DataError(directory / WEIGHTS_FILE, f"weights do not fit the model: missing {sorted(missing)[:5]}, "
                                                   f"unexpected {sorted(unexpected)[:5]}")

@@ -1,0 +1,116 @@
+"""Config mistakes end before anything runs, in one `error:` line naming the dotted key (exit 2); overrides
+read numbers as a user writes them; every README and `--help` example parses and loads."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from castlib.__main__ import build_parser
+from castlib.config import CHOICES, RANGES, REPO_ROOT, load_config
+from castlib.data.datasets import DATASETS
+from castlib.data.synthetic import MIN_SIDE
+from castlib.engine.optim import build_scheduler
+from castlib.losses.contrastive_inputs import LOSSES, SCOPES
+from castlib.losses.debiased_sampling import EMBEDDINGS, SCORES
+
+BAD_VALUES = [
+    ("train.teacher.lr=-1e-4", "key 'train.teacher.lr': -0.0001 is out of range; expected a value in (0, inf)"),
+    ("train.student.encoder_lr=0", "key 'train.student.encoder_lr': 0.0 is out of range"),
+    ("train.student.iterations=-5", "key 'train.student.iterations': -5 is out of range"),
+    ("train.teacher.finetune_iterations=0", "key 'train.teacher.finetune_iterations': 0 is out of range"),
+    ("train.teacher.batch_size=-2", "key 'train.teacher.batch_size': -2 is out of range"),
+    ("data.label_fraction=1.5", "key 'data.label_fraction': 1.5 is out of range; expected a value in (0, 1)"),
+    ("data.label_fractions=[0.1,0]", "key 'data.label_fractions[1]': 0.0 is out of range"),
+    ("loss.contrastive.score=squard", "key 'loss.contrastive.score': 'squard' is not one of original, squared, sqrt"),
+    ("train.student.contrastive.score=squard", "key 'train.student.contrastive.score': 'squard' is not one of"),
+    ("train.student.contrastive.scroe=squared", "key 'train.student.contrastive.scroe': unknown key"),
+    ("device=gpu", "key 'device': 'gpu' is not one of auto, cpu, cuda"),
+    ("train.student.schedule=cosine", "key 'train.student.schedule': 'cosine' is not one of multistep, poly"),
+    ("train.lr=1e-4", "key 'train.lr': unknown key"),
+    ("data.synthetic.cityscapes.train=-3", "key 'data.synthetic.cityscapes.train': -3 is out of range"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_a_bad_value_names_the_key_and_nothing_starts(cli, private, guard, workspace, override, message):
+    check = guard()
+    code, err = cli("train", "--stage", "cast", *private, "--set", override)
+    assert code == 2 and err.startswith("error: <override>: ") and message in err, err
+    assert not (workspace / "results").exists() and not (workspace / "data").exists()
+    check.check()
+
+
+def test_a_typo_in_per_dataset_names_the_key(cli, private, guard, workspace):
+    profile = workspace / "mine.yaml"
+    profile.write_text("profile: mine\nper_dataset:\n  cityscape:\n    seed: 3\n")
+    check = guard()
+    code, err = cli("train", "--stage", "cast", "--profile", profile, *private)
+    assert code == 2 and err.strip() == (f"error: {profile}: key 'per_dataset.cityscape': unknown dataset "
+                                         "(use one of cityscapes, ade20k)")
+    check.check()
+
+
+def test_a_bad_value_in_a_profile_names_the_file_and_key(cli, private, guard, workspace):
+    profile = workspace / "mine.yaml"
+    profile.write_text("profile: mine\nper_dataset:\n  ade20k:\n    train: {student: {iterations: -1}}\n")
+    check = guard()
+    code, err = cli("train", "--stage", "cast", "--profile", profile, *private)
+    assert code == 2 and err.startswith(f"error: {profile}: key 'per_dataset.ade20k.train.student.iterations': -1")
+    check.check()
+
+
+def test_numbers_read_as_written_in_overrides_and_profiles(workspace):
+    assert load_config("smoke", ["train.teacher.lr=1e-4"]).train.teacher.lr == pytest.approx(1e-4)
+    profile = workspace / "mine.yaml"
+    profile.write_text("profile: mine\ntrain:\n  student: {encoder_lr: 5E-6, decoder_lr: 2e-5}\n")
+    student = load_config(profile).train.student
+    assert (student.encoder_lr, student.decoder_lr) == (pytest.approx(5e-6), pytest.approx(2e-5))
+    assert isinstance(student.encoder_lr, float)
+
+
+def test_the_enum_lists_match_the_code():
+    assert set(CHOICES["data.dataset"]) == set(DATASETS)
+    assert (CHOICES["loss.contrastive.score"], CHOICES["loss.contrastive.embedding"]) == (SCORES, EMBEDDINGS)
+    assert (CHOICES["loss.contrastive.loss"], CHOICES["loss.contrastive.scope"]) == (LOSSES, SCOPES)
+    assert RANGES["data.synthetic.cityscapes.height"][0] == MIN_SIDE
+    defaults = load_config("smoke")
+    assert set(CHOICES["model.student_backbone"]) == set(defaults.model.backbones)
+    import torch
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    for kind in CHOICES["train.student.schedule"]:
+        build_scheduler(optimizer, kind, 10)
+
+
+def _readme_commands() -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    spans = re.findall(r"python -m castlib [^`\n]*", text)
+    return [s for s in spans if not re.search(r"[{<\[]|\.\.\.|\bDIR\b|\bN\b|\bP\b", s)]
+
+
+def _help_examples() -> list[str]:
+    parser = build_parser()
+    helps = [a.help or "" for sub in parser._subparsers._group_actions for p in sub.choices.values()
+             for a in p._actions]
+    return [m for h in helps for m in re.findall(r"--set (\S+=\S+)", h)]
+
+
+def test_every_readme_and_help_example_parses_and_loads():
+    commands, examples = _readme_commands(), _help_examples()
+    assert commands and examples
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(command.split()[3:])
+        if hasattr(args, "overrides"):
+            from castlib.__main__ import config_from_args
+
+            config_from_args(args)
+    for example in examples:
+        load_config("smoke", [example])
+    readme_sets = re.findall(r"--set ([\w.]+=[^\s`\]]+)", (REPO_ROOT / "README.md").read_text())
+    readme_sets = [e for e in readme_sets if not e.startswith("key=")]  # the `--set key=value` placeholder
+    assert readme_sets
+    for example in readme_sets:
+        load_config("smoke", [example])
