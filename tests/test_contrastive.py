@@ -48,7 +48,7 @@ def run(impl, z_weak, z_strong, *rest, **kw):
 def test_fast_and_reference_give_the_same_loss_and_gradients_on_the_same_draw(score, embedding, loss, scope):
     z_weak, z_strong, mask_logits, class_logits, _ = inputs()
     opts = dict(score=score, embedding=embedding, loss=loss, scope=scope, num_negatives=12, chunk_size=7)
-    banks = [filled_bank(embedding) for _ in range(2)] if scope == "memory_bank" else [None, None]
+    banks = [filled_bank(embedding, size=50) for _ in range(2)] if scope == "memory_bank" else [None, None]
     for first, second in (("fast", "reference"), ("reference", "fast")):
         b1, b2 = copy.deepcopy(banks[0]), copy.deepcopy(banks[1])
         drawn, *grads = run(first, z_weak, z_strong, mask_logits, class_logits, bank=b1,
@@ -130,6 +130,19 @@ def test_the_false_negative_rate_counts_negatives_in_the_anchors_own_instance():
     assert out.fnr.item() == pytest.approx(2 / 5)  # (0, 2) and (2, 0) of the 5 drawn pairs
 
 
+def test_background_pixels_are_no_instance_for_the_false_negative_rate():
+    z_weak, z_strong, mask_logits, class_logits, _ = hand_case()
+    negatives = torch.tensor([[1, 2], [0, -1], [0, 1]])
+    out = pixel_contrastive_loss(z_weak, z_strong, mask_logits, class_logits, negatives=negatives,
+                                 instance_ids=torch.tensor([[0, 0, 7]]))
+    assert out.fnr.isnan()  # two background pixels are no false negative; anchor 2 meets only background
+    assert out.background_share.item() == pytest.approx(2 / 2)  # anchor 2's negatives 0 and 1
+    out = pixel_contrastive_loss(z_weak, z_strong, mask_logits, class_logits, negatives=negatives,
+                                 instance_ids=torch.tensor([[3, 0, 3]]))
+    assert out.fnr.item() == pytest.approx(2 / 2)  # (0, 2) and (2, 0); the pairs with background pixel 1 left out
+    assert out.background_share.item() == pytest.approx(2 / 4)  # (0, 1) and (2, 1) of the instance anchors' 4
+
+
 def test_the_instance_aware_sampler_draws_far_fewer_false_negatives_than_uniform_sampling():
     g = torch.Generator().manual_seed(0)
     preds = instance_predictions(2, 16, 16, 30, 8, instances=12, generator=g)
@@ -139,6 +152,42 @@ def test_the_instance_aware_sampler_draws_far_fewer_false_negatives_than_uniform
            for embedding in EMBEDDINGS}
     assert fnr["uniform"] > 0.05
     assert fnr["fusion"] < 0.2 * fnr["uniform"] and fnr["mask_only"] < 0.2 * fnr["uniform"]
+
+
+def _pad(t: torch.Tensor, height: int, width: int, size: tuple[int, int], fill: torch.Tensor) -> torch.Tensor:
+    """``t [B, C, height*width]`` in the top-left of a ``size`` grid (``[B, C, h*w]``), ``fill`` elsewhere."""
+    out = fill.clone()
+    out.view(*t.shape[:2], *size)[..., :height, :width] = t.view(*t.shape[:2], height, width)
+    return out
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_a_padded_batch_gives_the_same_l_pxl_as_its_unpadded_crops(impl):
+    z_weak, z_strong, mask_logits, class_logits, ids = inputs()  # two 4 x 5 maps
+    size, g = (6, 7), torch.Generator().manual_seed(9)
+    noise = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # what padded pixels hold
+    pad_z = lambda z: _pad(z.transpose(1, 2), 4, 5, size, noise(2, 16, 42)).transpose(1, 2)
+    padded = (F.normalize(pad_z(z_weak), dim=-1), F.normalize(pad_z(z_strong), dim=-1),
+              _pad(mask_logits, 4, 5, size, noise(2, 6, 42)), class_logits)
+    valid = _pad(torch.ones(2, 1, 20, dtype=torch.bool), 4, 5, size, torch.zeros(2, 1, 42, dtype=torch.bool))[:, 0]
+    for scope in ("batch", "memory_bank"):
+        banks = [filled_bank("fusion", size=50) if scope == "memory_bank" else None for _ in range(2)]
+        opts = dict(impl=impl, scope=scope, num_negatives=12)
+        crop = pixel_contrastive_loss(z_weak, z_strong, mask_logits, class_logits, instance_ids=ids, bank=banks[0],
+                                      generator=torch.Generator().manual_seed(1), **opts)
+        pad = pixel_contrastive_loss(*padded, valid=valid, instance_ids=_pad(ids[:, None], 4, 5, size,
+                                     torch.full((2, 1, 42), 3))[:, 0], bank=banks[1],
+                                     generator=torch.Generator().manual_seed(1), **opts)
+        assert pad.loss.item() == pytest.approx(crop.loss.item(), rel=1e-12)
+        assert pad.margin.item() == pytest.approx(crop.margin.item(), rel=1e-12)
+        assert pad.fnr.item() == pytest.approx(crop.fnr.item())
+        where = valid.flatten().nonzero().squeeze(1)  # padded-batch index of crop pixel a
+        expected = torch.where(crop.negatives >= 40, crop.negatives + 84 - 40, where[crop.negatives.clamp(0, 39)])
+        assert torch.equal(pad.negatives[where], torch.where(crop.negatives < 0, -1, expected))
+        assert (pad.negatives[~valid.flatten()] == -1).all()  # padded pixels are no anchors ...
+        assert not torch.isin(pad.negatives, (~valid.flatten()).nonzero()).any()  # ... and no candidates
+        if scope == "memory_bank":
+            torch.testing.assert_close(banks[1].z, banks[0].z)  # only valid pixels were pushed
 
 
 def test_the_memory_bank_keeps_the_newest_entries_first_in_first_out():
@@ -152,6 +201,25 @@ def test_the_memory_bank_keeps_the_newest_entries_first_in_first_out():
     torch.testing.assert_close(bank.y[:, 0], -bank.z[:, 0])  # pairs stay together
     bank.push(torch.full((12_000, 4), -1.0, dtype=torch.float64), torch.zeros(12_000, 1, dtype=torch.float64))
     assert (bank.z == -1).all()  # a push larger than the bank keeps its own newest entries
+
+
+def test_after_k_steps_the_bank_holds_pixels_of_k_distinct_batches_and_of_both_halves():
+    batch, pixels, dim, steps = 8, 30, 16, 4
+    bank = MemoryBank(size=400, batches=steps)  # 100 of each batch's 240 pixels
+    g = torch.Generator().manual_seed(0)
+    pushed = []  # z of every pixel pushed so far, row t * B * N + b * N + p
+    for _ in range(steps + 2):
+        z, _, mask_logits, class_logits, _ = inputs(batch=batch, height=5, width=6, dim=dim, seed=len(pushed))
+        pixel_contrastive_loss(z, z, mask_logits, class_logits, scope="memory_bank", bank=bank, num_negatives=8,
+                               generator=g)
+        pushed.append(z.flatten(0, 1))
+    rows = torch.cdist(bank.z, torch.cat(pushed)).argmin(1)
+    step, image = rows // (batch * pixels), rows // pixels % batch
+    assert len(bank) == 400 and set(step.tolist()) == {2, 3, 4, 5}  # the last k = 4 batches, the oldest gone
+    for t in (2, 3, 4, 5):
+        assert (step == t).sum() == 100
+        halves = set((image[step == t] >= batch // 2).tolist())
+        assert halves == {False, True}  # labelled (first half) and pseudo-labelled images alike
 
 
 def test_memory_bank_negatives_come_from_the_bank_and_the_batch_joins_it_afterwards():

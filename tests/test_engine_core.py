@@ -61,7 +61,7 @@ def test_a_missing_or_incomplete_upstream_run_is_named(tmp_path):
 
 def _toy_optimizer(lr=1.0):
     model = nn.Linear(3, 2)
-    return model, build_optimizer({"all": (model.parameters(), lr)}, weight_decay=0.01)
+    return model, build_optimizer(model, {"all": (model.parameters(), lr)}, weight_decay=0.01)
 
 
 @pytest.mark.parametrize("t", [0, 1, 89, 90, 94, 95, 99])
@@ -89,6 +89,25 @@ def test_weight_decay_spares_biases():
     model, opt = _toy_optimizer()
     decays = {g["name"]: g["weight_decay"] for g in opt.param_groups}
     assert decays == {"all": 0.01, "all_no_decay": 0.0}
+
+
+class _Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 5, 8))
+        self.level_embed = nn.Embedding(3, 8)
+        self.norm = nn.LayerNorm(8)
+        self.attention = nn.MultiheadAttention(8, 2)
+        self.head = nn.Linear(8, 4)
+
+
+def test_weight_decay_spares_embeddings_tokens_and_norms_by_type_and_name():
+    model = _Tokens()
+    opt = build_optimizer(model, {"all": (model.parameters(), 1.0)}, weight_decay=0.05)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in decayed}
+    assert names == {"attention.in_proj_weight", "attention.out_proj.weight", "head.weight"}
 
 
 def test_gradient_clipping_caps_the_l2_norm_at_0_1_and_keeps_the_direction():
@@ -126,7 +145,7 @@ def test_an_epoch_visits_every_sample_once_and_ranks_split_the_global_batch():
 def _toy_training(run, iterations, fail_at=None):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(48, 16), nn.Dropout(0.2), nn.Linear(16, 1))
-    opt = build_optimizer({"all": (model.parameters(), 1e-2)}, weight_decay=0.01)
+    opt = build_optimizer(model, {"all": (model.parameters(), 1e-2)}, weight_decay=0.01)
     sched = build_scheduler(opt, "poly", iterations)
 
     def factory(start):

@@ -146,3 +146,25 @@ def test_the_official_evaluator_needs_cityscapes_files(val_set, tmp_path):
     hand_built = GroundTruth.from_masks(val_set.classes, {i: (m, lab) for i, m, lab in annotations(val_set)})
     with pytest.raises(EvaluationError, match="needs the gtFine files"):
         cityscapes_mask_ap(hand_built, tmp_path, tmp_path)
+
+
+def test_a_prediction_on_a_car_group_is_no_false_positive_for_either_evaluator(cityscapes_root, tmp_path):
+    import shutil
+
+    root = shutil.copytree(cityscapes_root, tmp_path / "cs")
+    dataset = CityscapesInstances(root, "val")
+    dataset.image_ids = dataset.image_ids[:1]
+    ids = np.zeros((128, 256), np.uint16)
+    ids[10:40, 10:60] = 26  # cargroup: the car label id without an instance number
+    ids[60:90, 10:60] = 26000  # a car
+    ids[60:110, 100:120] = 24000  # a person
+    Image.fromarray(ids).save(dataset.annotation_path(dataset.image_ids[0]))
+    gt = GroundTruth.from_dataset(dataset)
+    assert [(a["category_id"], a["iscrowd"], a["area"]) for a in gt.coco["annotations"]] == \
+        [(24, 0, 1000.0), (26, 0, 1500.0), (26, 1, 1500.0)]
+    car, person = (dataset.classes.names.index(n) for n in ("car", "person"))
+    masks = np.stack([ids == 26000, ids == 24000, ids == 26])
+    on_group = {dataset.image_ids[0]: prediction(masks, np.array([car, person, car]), np.array([0.5, 0.5, 0.9]))}
+    metrics = evaluate_predictions(on_group, gt, tmp_path / "eval")
+    assert metrics["coco"]["per_class"]["car"]["ap"] == pytest.approx(100.0)
+    assert metrics["cityscapes"]["per_class"]["car"]["ap"] == pytest.approx(100.0)

@@ -40,3 +40,25 @@ def test_crop_samples_the_padded_map_at_the_image_extents_cell_centres():
 def test_crop_is_the_identity_without_padding():
     maps = torch.rand(2, 5, 8, 16)
     assert crop_to_extent(maps, (112, 224), (112, 224)) is maps
+
+
+def test_the_strong_map_resampled_into_the_weak_frame_reads_each_cell_at_its_own_location():
+    from castlib.models.geometry import resample_into_frame
+
+    frame, size, strong_cells = (112, 224), (8, 16), (8, 16)
+    boxes = torch.tensor([[20.0, 30.0, 70.0, 140.0], [0.0, 0.0, 112.0, 224.0]])  # top, left, height, width
+    # The strong map holds, at each of its cells, the weak-frame pixel coordinates of that cell's centre.
+    r = (torch.arange(strong_cells[0]) + 0.5) / strong_cells[0]
+    c = (torch.arange(strong_cells[1]) + 0.5) / strong_cells[1]
+    maps = torch.stack([torch.stack(torch.broadcast_tensors(
+        (top + r * h)[:, None], (left + c * w)[None, :])) for top, left, h, w in boxes.tolist()]).double()
+    resampled, inside = resample_into_frame(maps, boxes, frame, size)
+    centres = torch.stack(torch.broadcast_tensors(((torch.arange(8) + 0.5) * 14)[:, None],
+                                                  ((torch.arange(16) + 0.5) * 14)[None, :])).double()
+    expected_inside = ((centres[0] >= 20) & (centres[0] <= 90) & (centres[1] >= 30) & (centres[1] <= 170))
+    assert torch.equal(inside[0], expected_inside) and inside[1].all()
+    # Away from the box edge (half a strong cell, where the border is clamped) bilinear reading is exact.
+    interior = ((centres[0] - 20 >= 70 / 16) & (90 - centres[0] >= 70 / 16) &
+                (centres[1] - 30 >= 140 / 32) & (170 - centres[1] >= 140 / 32))
+    torch.testing.assert_close(resampled[0][:, interior], centres[:, interior])
+    torch.testing.assert_close(resampled[1], centres)  # the whole frame: the identity

@@ -116,6 +116,23 @@ def test_a_student_ablation_reuses_the_teacher_runs(cfg, pipeline):
     assert stages.stage_config(ablation, "knowledge_transfer") != stages.stage_config(cfg, "knowledge_transfer")
 
 
+def test_changing_a_key_a_stage_never_reads_reuses_its_run(cfg, pipeline, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a run was trained again for a key it never reads")
+
+    root = Path(cfg.runs_dir).parent
+    timing = load_config("smoke", [*_overrides(root), "eval.efficiency.repeats=9", "data.num_workers=1"])
+    dice = load_config("smoke", [*_overrides(root), "loss.dice_weight=1.0", "train.student.iterations=7"])
+    monkeypatch.setattr(stages, "train", refuse)
+    assert {k: r.id for k, r in stages.cast(timing).items()} == {k: r.id for k, r in pipeline.items()}
+    assert stages.teacher_adaptation(dice).id == pipeline["teacher"].id  # the student's set criterion and length
+    for stage in ("knowledge_transfer", "student_refinement"):
+        assert stages.stage_config(dice, stage) != stages.stage_config(cfg, stage)  # ... which the student reads
+    plain = load_config("smoke", [*_overrides(root), "loss.contrastive.temperature=0.5"])
+    assert stages.stage_config(plain, "teacher_finetune", contrastive=False) == \
+        stages.stage_config(cfg, "teacher_finetune", contrastive=False)
+
+
 def test_a_zero_shot_teacher_is_a_valid_source_of_pseudo_labels(cfg, pipeline):
     zero_shot = stages.teacher_init(cfg)
     labels = stages.pseudo_labels(cfg, zero_shot)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy.ndimage import binary_erosion
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from castlib.config import load_config
 from castlib.data.sample import InstanceSample, collate
@@ -113,3 +114,35 @@ def test_collate_pads_variable_sizes_and_marks_valid_pixels():
     assert [m.shape[1:] for m in batch.masks] == [(50, 60), (50, 60)]
     assert not batch.masks[0][:, 40:].any() and batch.sizes == [(40, 60), (50, 40)]
     assert batch.strong is None and len(batch.labels[1]) == len(b.labels)
+
+
+def test_a_view_pads_with_the_normalisation_mean_and_marks_the_padding_invalid():
+    from castlib.data.sample import PAD_COLOUR
+    from castlib.models.geometry import normalize
+
+    sample, _ = painted_sample(0, 40, 60)
+    torch.manual_seed(0)
+    view = TrainViews(crop=(56, 84), short_side=(40, 40), hflip=0.0, strong_options=STRONG)(sample)
+    assert view.valid.shape == (56, 84) and int(view.valid.sum()) == 40 * 60  # resized to itself, then padded
+    padded = ~view.valid
+    torch.testing.assert_close(normalize(view.image[None])[0][:, padded], torch.zeros(3, int(padded.sum())))
+    assert not view.masks[:, padded].any()
+    batch = collate([view, EvalView()(painted_sample(1, 70, 84)[0])])
+    assert torch.equal(batch.valid[0, :56], view.valid) and not batch.valid[0, 56:].any()
+    torch.testing.assert_close(batch.images[0, :, 60:], torch.tensor(PAD_COLOUR)[:, None, None].expand(3, 10, 84))
+
+
+def test_the_geometric_strong_view_is_a_resized_crop_of_the_weak_view_at_its_box():
+
+    options = {**STRONG, "jitter_p": 0.0, "grayscale": 0.0, "blur_p": 0.0,
+               "random_resized_crop": {"enabled": True, "scale": [0.3, 0.6], "ratio": [0.75, 1.3333]}}
+    sample, _ = painted_sample(0)
+    torch.manual_seed(0)
+    view = TrainViews(crop=(56, 84), short_side=(60, 60), hflip=0.5, strong_options=options)(sample)
+    top, left, height, width = view.strong_box.int().tolist()
+    assert 0.3 * 56 * 84 <= height * width <= 0.6 * 56 * 84 + 84 and view.strong.shape == view.image.shape
+    expected = v2.functional.resized_crop(view.image, top, left, height, width, [56, 84], antialias=True)
+    torch.testing.assert_close(view.strong, expected)  # no photometric change here: the crop alone
+    assert collate([view, view]).strong_box.shape == (2, 4)
+    plain = TrainViews(crop=(56, 84), short_side=(60, 60), hflip=0.5, strong_options=STRONG)(sample)
+    assert plain.strong_box is None

@@ -119,6 +119,12 @@ class InstanceDataset(Dataset, abc.ABC):
     def encode(self, masks: np.ndarray, labels: np.ndarray) -> Image.Image:
         """The annotation image of non-overlapping masks ``[N, H, W]`` with contiguous ``labels``."""
 
+    def decode_crowd(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        """Crowd regions ``[M, H, W]`` bool with contiguous labels ``[M]``: areas of a thing class whose
+        instances are not told apart. They are no training instance; evaluation ignores predictions on
+        them (COCO ``iscrowd`` 1). None: this format has none."""
+        return None
+
     # Shared ------------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -205,6 +211,14 @@ class CityscapesInstances(InstanceDataset):
         return self.annotation_root / "gtFine" / self.split / city / f"{image_id}_gtFine_instanceIds.png"
 
     def decode(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        return self._decode(path, crowd=False)
+
+    def decode_crowd(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """The group regions (``cargroup``, ``persongroup`` ...): a thing label id without instance number,
+        kept as ``iscrowd`` regions as detectron2's Cityscapes loader does."""
+        return self._decode(path, crowd=True)
+
+    def _decode(self, path: Path, crowd: bool) -> tuple[np.ndarray, np.ndarray]:
         ids = read_png(path, self.INSTANCE_MODES, "Cityscapes instance-id annotation").astype(np.int64)
         masks, labels = [], []
         for value in np.unique(ids):
@@ -212,12 +226,10 @@ class CityscapesInstances(InstanceDataset):
             label = id2label.get(label_id)
             if label is None:
                 raise DataError(path, f"unknown Cityscapes label id {label_id} (pixel value {value})")
-            if value < 1000:
-                continue
-            if not label.hasInstances:
+            if value >= 1000 and not label.hasInstances:
                 raise DataError(path, f"pixel value {value} encodes an instance of {label.name!r}, "
                                       "a class without instances")
-            if label.ignoreInEval:
+            if (value < 1000) != crowd or not label.hasInstances or label.ignoreInEval:
                 continue
             masks.append(ids == value)
             labels.append(self.classes.label_of_id(label_id))

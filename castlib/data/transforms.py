@@ -1,10 +1,17 @@
 """Joint image/mask augmentation with ``torchvision.transforms.v2`` (DESIGN section 5).
 
 The weak view is geometric: random resize (shorter side drawn from a range), random crop (padded
-when the image is smaller) and horizontal flip, applied to the image and its masks together.
-The strong view is the weak view plus photometric-only transforms (colour jitter 0.4/0.4/0.4/0.1,
-grayscale p 0.2, Gaussian blur k5 sigma 0.1-2; supplementary Table 2 "Strong: jitter, grayscale,
-blur"), so pixel p of one view is pixel p of the other: the positive pair of L_pxl.
+with ``PAD_COLOUR`` when the image is smaller, the one padding convention of
+:mod:`castlib.data.sample`) and horizontal flip, applied to the image, its masks and its ``valid``
+mask together, so the padded pixels stay known (L_pxl leaves them out).
+Supplementary Table 2 lists "Weak: flip, resize; Strong: random resized crop, jitter, grayscale,
+blur". By default the kit's strong view departs from it, as the authors' prototype code does: it is
+the weak view plus photometric transforms only (colour jitter 0.4/0.4/0.4/0.1, grayscale p 0.2,
+Gaussian blur k5 sigma 0.1-2), so pixel p of one view is pixel p of the other, the positive pair of
+L_pxl. With ``augment.strong.random_resized_crop.enabled`` the strong view is first a random resized
+crop of the weak view (back to its size); the sample records the crop box (``strong_box``) and L_pxl
+finds each weak pixel's positive through it
+(:func:`castlib.models.geometry.resample_into_frame`), leaving out anchors outside the crop.
 """
 
 from __future__ import annotations
@@ -13,9 +20,9 @@ from collections.abc import Mapping
 
 import torch
 from torchvision import tv_tensors
-from torchvision.transforms import v2
+from torchvision.transforms import RandomResizedCrop, v2
 
-from castlib.data.sample import InstanceSample
+from castlib.data.sample import PAD_COLOUR, InstanceSample
 
 
 def _drop_empty(masks: torch.Tensor, labels: torch.Tensor) -> tuple[tv_tensors.Mask, torch.Tensor]:
@@ -32,7 +39,7 @@ def geometric_transform(crop: tuple[int, int], short_side: tuple[int, int], hfli
     """Random resize of the shorter side to ``[short_side[0], short_side[1]]``, crop, flip."""
     return v2.Compose([
         v2.RandomResize(short_side[0], short_side[1] + 1, antialias=True),
-        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 0}),
+        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: list(PAD_COLOUR), tv_tensors.Mask: 0}),
         v2.RandomHorizontalFlip(hflip),
     ])
 
@@ -54,13 +61,26 @@ class TrainViews:
     def __init__(self, crop, short_side, hflip: float, strong_options: Mapping | None):
         self.geometric = geometric_transform(tuple(crop), tuple(short_side), hflip)
         self.photometric = photometric_transform(strong_options) if strong_options is not None else None
+        crop_options = (strong_options or {}).get("random_resized_crop")
+        self.strong_crop = crop_options if crop_options and crop_options["enabled"] else None
+
+    def strong_view(self, image: torch.Tensor) -> tuple[tv_tensors.Image, torch.Tensor | None]:
+        """The strong view of the weak ``image`` and, with the resized crop, its box (top, left, height, width)."""
+        if self.strong_crop is None:
+            return self.photometric(image), None
+        top, left, height, width = RandomResizedCrop.get_params(image, list(self.strong_crop["scale"]),
+                                                                list(self.strong_crop["ratio"]))
+        cropped = v2.functional.resized_crop(image, top, left, height, width, list(image.shape[-2:]), antialias=True)
+        return self.photometric(cropped), torch.tensor([top, left, height, width], dtype=torch.float32)
 
     def __call__(self, sample: InstanceSample) -> InstanceSample:
-        image, masks = self.geometric(sample.image, tv_tensors.Mask(sample.masks.to(torch.uint8)))
-        masks, labels = _drop_empty(masks, sample.labels)
-        image = _float(image)
-        strong = self.photometric(image) if self.photometric is not None else None
-        return sample.replace(image=image, masks=masks, labels=labels, strong=strong)
+        everywhere = torch.ones(1, *sample.size, dtype=torch.uint8)
+        image, masks = self.geometric(_float(sample.image),
+                                      tv_tensors.Mask(torch.cat([sample.masks.to(torch.uint8), everywhere])))
+        valid = masks[-1].as_subclass(torch.Tensor).bool()
+        masks, labels = _drop_empty(masks[:-1], sample.labels)
+        strong, box = self.strong_view(image) if self.photometric is not None else (None, None)
+        return sample.replace(image=image, masks=masks, labels=labels, strong=strong, valid=valid, strong_box=box)
 
 
 class EvalView:

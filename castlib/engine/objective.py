@@ -18,6 +18,7 @@ from torch import nn
 
 from castlib.data.sample import Batch
 from castlib.losses import MemoryBank, pixel_contrastive_loss
+from castlib.models.geometry import resample_into_frame
 from castlib.models.output import SegmentationOutput
 
 
@@ -38,7 +39,8 @@ def take(output: SegmentationOutput, start: int, stop: int | None = None) -> Seg
 
 def instance_id_map(masks: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     """``[B, h*w]`` instance ids at the embedding resolution (nearest): ``k + 1`` inside instance k,
-    0 on background, as the false-negative rate of L_pxl's negatives needs (main Fig. 3)."""
+    0 on background, as the false-negative rate of L_pxl's negatives (main Fig. 3) and the background
+    share of :func:`castlib.losses.background_share` need."""
     ids = []
     for m in masks:
         full = torch.zeros(m.shape[-2:], dtype=torch.long, device=m.device)
@@ -91,27 +93,40 @@ class Objective(nn.Module):
             total = total + self.semi_weight * semi["loss"]
             losses |= {f"semi/{k}": v.detach() for k, v in semi.items()}
         if self.contrastive is not None:
+            boxes = None if any(p.strong_box is None for p in parts) else torch.cat([p.strong_box for p in parts])
             result = self._contrastive(output, torch.cat([p.strong for p in parts]),
-                                       [m for p in parts for m in p.masks])
+                                       [m for p in parts for m in p.masks], torch.cat([p.valid for p in parts]),
+                                       boxes)
             total = total + self.contrastive_weight * result.loss
             losses["pxl/loss"] = result.loss.detach()
             losses["pxl/margin"] = result.margin.detach()
-            if result.fnr is not None:
-                losses["pxl/fnr"] = result.fnr.detach()
+            losses["pxl/fnr"] = result.fnr.detach()
+            losses["pxl/background_share"] = result.background_share.detach()
         losses["loss"] = total
         return losses
 
-    def _contrastive(self, output: SegmentationOutput, strong: torch.Tensor, masks: list[torch.Tensor]):
+    def _contrastive(self, output: SegmentationOutput, strong: torch.Tensor, masks: list[torch.Tensor],
+                     valid: torch.Tensor, strong_boxes: torch.Tensor | None = None):
         """L_pxl: anchors from the weak view, positives from the strong view's encoder pass (no gradient
         into the encoder, DESIGN 5), negatives drawn by the debiased sampler from the model's own detached
-        predictions y = [softmax_K(M) || F_c]."""
+        predictions y = [softmax_K(M) || F_c]; embedding cells whose centre is padding (``valid``,
+        nearest) are neither anchors nor candidates. With ``strong_boxes`` (the strong view is a resized
+        crop of the weak one), the strong embedding map is resampled into the weak view's frame and cells
+        outside the crop are left out as well."""
         features = output.features
         z_weak = self.model.embed(features, "weak")
         with torch.no_grad():
             strong_features = self.model.encode(strong)
         z_strong = self.model.embed(strong_features, "strong")
         size = tuple(features.shape[-2:])
+        cells = F.interpolate(valid[:, None].float(), size=size, mode="nearest")[:, 0].flatten(1) > 0.5
+        if strong_boxes is not None:
+            strong_map = z_strong.transpose(1, 2).unflatten(2, tuple(strong_features.shape[-2:]))
+            resampled, inside = resample_into_frame(strong_map, strong_boxes, tuple(valid.shape[-2:]), size)
+            z_strong = F.normalize(resampled.flatten(2).transpose(1, 2), dim=-1)
+            cells = cells & inside.flatten(1)
         mask_logits = F.interpolate(output.mask_logits.detach().float(), size=size, mode="bilinear",
                                     align_corners=False).flatten(2)
         return pixel_contrastive_loss(z_weak, z_strong, mask_logits, output.class_logits.detach().float(),
-                                      instance_ids=instance_id_map(masks, size), bank=self.bank, **self.contrastive)
+                                      instance_ids=instance_id_map(masks, size), valid=cells, bank=self.bank,
+                                      **self.contrastive)

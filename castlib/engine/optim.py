@@ -1,5 +1,6 @@
 """Optimisation per supplementary Table 2: AdamW (0.9, 0.999), multi-step decay at 0.9 and 0.95 of
-the run (teacher) or PolyLR with power 0.9 (student), gradient clipping by L2 norm (student 0.1)."""
+the run (teacher) or PolyLR with power 0.9 (student), gradient clipping by L2 norm (student 0.1).
+Weight decay spares embeddings, tokens, norms and biases (Mask2Former / detectron2)."""
 
 from __future__ import annotations
 
@@ -9,25 +10,38 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, MultiStepLR, PolynomialLR
 
-
-def decay_split(params: Iterable[nn.Parameter]) -> tuple[list, list]:
-    """Weights (>= 2-D) get weight decay; biases, norm scales and 1-D embeddings do not."""
-    decay, no_decay = [], []
-    for p in params:
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return decay, no_decay
+NO_DECAY_MODULES = (nn.Embedding, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
+                    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm,
+                    nn.RMSNorm)  # detectron2's norm types, plus RMSNorm
+NO_DECAY_NAMES = ("token", "embed")  # cls / mask / prompt tokens, position and level embeddings held as raw tensors
 
 
-def build_optimizer(groups: Mapping[str, tuple[Iterable[nn.Parameter], float]], weight_decay: float,
-                    betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW over parameter groups with their learning rates, ``{"encoder": (params, lr), ...}``.
+def no_decay_parameters(model: nn.Module) -> set[nn.Parameter]:
+    """The parameters that take no weight decay, as Mask2Former/detectron2 (``weight_decay_norm = 0``,
+    ``weight_decay_embed = 0``): every parameter of an embedding or normalisation layer, every parameter
+    a module holds under a name with ``token`` or ``embed`` (DINOv2's cls and mask tokens and position
+    embeddings), and every 1-D parameter (biases, layer scales)."""
+    exempt: set[nn.Parameter] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, NO_DECAY_MODULES) or any(part in name for part in NO_DECAY_NAMES) or p.ndim < 2:
+                exempt.add(p)
+    return exempt
 
-    Each group is split into decayed and non-decayed parameters; ``param_group["name"]`` keeps the
-    group's name for logging (``lr/encoder``). Groups without trainable parameters are skipped."""
+
+def build_optimizer(model: nn.Module, groups: Mapping[str, tuple[Iterable[nn.Parameter], float]],
+                    weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW over parameter groups of ``model`` with their learning rates, ``{"encoder": (params, lr), ...}``.
+
+    Each group is split into decayed parameters and those of :func:`no_decay_parameters`;
+    ``param_group["name"]`` keeps the group's name for logging (``lr/encoder``). Frozen parameters and
+    groups without trainable parameters are skipped."""
+    exempt = no_decay_parameters(model)
     param_groups = []
     for name, (params, lr) in groups.items():
-        decay, no_decay = decay_split(params)
+        trainable = [p for p in params if p.requires_grad]
+        decay = [p for p in trainable if p not in exempt]
+        no_decay = [p for p in trainable if p in exempt]
         if decay:
             param_groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": name})
         if no_decay:

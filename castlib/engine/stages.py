@@ -44,6 +44,7 @@ from castlib.engine.loop import train
 from castlib.engine.objective import Objective
 from castlib.engine.optim import build_optimizer, build_scheduler
 from castlib.engine.runs import Run, RunError, create_run
+from castlib.errors import ConfigError
 from castlib.eval import eval_options, evaluate_model
 from castlib.io import write_json_atomic
 from castlib.losses import MemoryBank, SetCriterion, contrastive_options
@@ -52,8 +53,11 @@ from castlib.models import build_model
 TEACHER_VARIANTS = ("finetune_only", "self_training", "self_training_contrastive")  # supplementary Table 3
 
 # The config keys each stage reads: they alone enter its run id, so a student ablation reuses the teacher runs.
-_COMMON = ("profile", "data", "eval")
-_TEACHER_KEYS = (*_COMMON, "augment", "model.pretrained", "model.teacher", "model.projection", "loss",
+# A section is listed whole (a key added to it later is hashed too); _UNREAD removes the keys inside it that the
+# stage never reads, and _CONTRASTIVE_KEYS those a stage run with contrastive=False never reads.
+_EVAL = ("eval.top_k", "eval.batch_size", "eval.table_metric")  # what _finish's evaluation reads (eval_options)
+_COMMON = ("profile", "data", *_EVAL)
+_TEACHER_KEYS = (*_COMMON, "augment", "model.pretrained", "model.teacher", "model.projection", "loss.contrastive",
                  "train.teacher")
 _STUDENT_MODEL = ("model.pretrained", "model.student_backbone", "model.trainable", "model.backbones",
                   "model.pixel_decoder", "model.decoder", "model.projection")
@@ -62,16 +66,28 @@ _STAGE_KEYS = {
     "teacher_init": (*_COMMON, "model.pretrained", "model.teacher", "model.projection"),
     "teacher_finetune": _TEACHER_KEYS,
     "teacher_self_training": _TEACHER_KEYS,
-    "pseudo_labels": (*_COMMON, "augment.eval_short_side", "train.pseudo_labels"),
+    "pseudo_labels": ("profile", "data", "augment.eval_short_side", "train.pseudo_labels"),
     "knowledge_transfer": _STUDENT_KEYS,
     "student_refinement": (*_STUDENT_KEYS, "train.refinement"),
     # castlib.engine.pretrain, on the source-domain config: neither the target sets nor the label fraction enter
-    "pretrain_teacher": ("profile", "data.dataset", "data.synthetic", "eval", "augment", "model.teacher",
-                         "model.projection", "loss", "train.pretrain"),
-    "pretrain_backbone": ("profile", "data.dataset", "data.synthetic", "eval", "augment", "model.trainable",
+    "pretrain_teacher": ("profile", "data.dataset", "data.synthetic", *_EVAL, "augment", "model.teacher",
+                         "model.projection", "train.pretrain"),
+    "pretrain_backbone": ("profile", "data.dataset", "data.synthetic", *_EVAL, "augment", "model.trainable",
                           "model.backbones", "model.pixel_decoder", "model.decoder", "model.projection", "loss",
                           "train.pretrain"),
 }
+_NO_EFFECT = ("data.num_workers",)  # read, but the batches and metrics are the same whatever it is (batches.py)
+_UNREAD = {
+    "teacher_finetune": ("train.teacher.self_training_iterations", "train.teacher.semi_weight"),
+    "teacher_self_training": ("train.teacher.finetune_iterations",),
+    "student_refinement": ("augment.strong", "loss.contrastive", "train.student.iterations",
+                           "train.student.batch_size", "train.student.semi_weight",
+                           "train.student.contrastive_weight", "train.student.contrastive"),
+    "pretrain_teacher": ("augment.strong",),  # no L_pxl in pretraining
+    "pretrain_backbone": ("augment.strong", "loss.contrastive"),
+}
+_CONTRASTIVE_KEYS = ("augment.strong", "loss.contrastive", "train.teacher.contrastive_weight",
+                     "train.teacher.contrastive")
 
 
 def stage_config(cfg: Config, stage: str, **options: Any) -> dict:
@@ -83,6 +99,13 @@ def stage_config(cfg: Config, stage: str, **options: Any) -> dict:
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value.to_dict() if isinstance(value, Config) else value
+    unread = (*_NO_EFFECT, *_UNREAD.get(stage, ()), *(_CONTRASTIVE_KEYS if options.get("contrastive") is False else ()))
+    for dotted in unread:
+        *parents, last = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
     return out | ({"options": options} if options else {})
 
 
@@ -287,7 +310,7 @@ def _optimizer(model, role: str, section: Config):
         rates = {"teacher": (groups["encoder"] + groups["decoder"], section.lr)}
     else:
         rates = {"encoder": (groups["encoder"], section.encoder_lr), "decoder": (groups["decoder"], section.decoder_lr)}
-    return build_optimizer(rates, section.weight_decay)
+    return build_optimizer(model, rates, section.weight_decay)
 
 
 def _scheduler(optimizer, section: Config, iterations: int):
@@ -296,12 +319,27 @@ def _scheduler(optimizer, section: Config, iterations: int):
     return build_scheduler(optimizer, section.schedule, iterations, power=section.get("power", 0.9))
 
 
+def _contrastive_section(cfg: Config, stage: str, section: Config) -> dict:
+    """``loss.contrastive`` with the stage's ``train.<role>.contrastive`` overrides; an override of a key that
+    ``loss.contrastive`` lacks is an error naming it."""
+    overrides = section.get("contrastive", {})
+    unknown = sorted(set(overrides) - set(cfg.loss.contrastive))
+    if unknown:
+        role = "teacher" if stage.startswith("teacher") else "student"
+        raise ConfigError(None, f"train.{role}.contrastive.{unknown[0]}",
+                          f"not a key of loss.contrastive (known: {', '.join(sorted(cfg.loss.contrastive))})")
+    return {**cfg.loss.contrastive, **overrides}
+
+
 def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, iterations: int,
          labels: Run | None, contrastive: bool, seed: int, section: Config, labelled=None) -> Run:
     """Build the objective, optimiser, schedule and batch streams of a training stage, train, finish.
     ``labelled``: the labelled images (default: D_l of the config's split)."""
-    options = contrastive_options({**cfg.loss.contrastive, **section.get("contrastive", {})})
-    bank = MemoryBank(cfg.loss.contrastive.bank_size) if contrastive and options["scope"] == "memory_bank" else None
+    merged = _contrastive_section(cfg, stage, section)
+    options = contrastive_options(merged)
+    bank = None
+    if contrastive and options["scope"] == "memory_bank":
+        bank = MemoryBank(merged["bank_size"], merged["bank_push"])
     criterion = None if role == "teacher" else SetCriterion.from_config(cfg.loss, _num_classes(cfg)).to(ctx.device)
     objective = Objective(model, "teacher" if role == "teacher" else "criterion", criterion,
                           semi_weight=section.semi_weight if labels is not None else 0.0,

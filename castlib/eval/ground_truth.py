@@ -2,9 +2,11 @@
 
 Each image's masks and contiguous labels come from :meth:`InstanceDataset.decode` of its annotation
 file (Cityscapes ``_gtFine_instanceIds.png``, ADE20K ``annotations_instance`` PNG). The COCO json
-holds one annotation per instance (RLE segmentation, ``iscrowd`` 0, area, bbox), the image sizes,
-and the categories of ``dataset.classes`` with the dataset's own ids (Cityscapes label ids 24-33,
-ADE20K category ids 1-100).
+holds one annotation per instance (RLE segmentation, ``iscrowd`` 0, area, bbox), one per crowd region
+of :meth:`InstanceDataset.decode_crowd` (Cityscapes ``cargroup`` ...: ``iscrowd`` 1, as detectron2's
+Cityscapes loader keeps them, so pycocotools ignores a prediction on a group instead of counting it a
+false positive), the image sizes, and the categories of ``dataset.classes`` with the dataset's own
+ids (Cityscapes label ids 24-33, ADE20K category ids 1-100).
 """
 
 from __future__ import annotations
@@ -87,16 +89,19 @@ class GroundTruth:
         classes: ClassList,
         annotations: Mapping[str, tuple[np.ndarray, np.ndarray]],
         source: str = "hand-built ground truth",
+        crowd: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> GroundTruth:
-        """From ``{image_id: (masks [N, H, W] bool, labels [N] contiguous)}``."""
-        items = ((image_id, masks, labels) for image_id, (masks, labels) in annotations.items())
+        """From ``{image_id: (masks [N, H, W] bool, labels [N] contiguous)}`` and optional crowd regions in
+        the same form."""
+        crowd = crowd or {}
+        items = ((image_id, masks, labels, crowd.get(image_id)) for image_id, (masks, labels) in annotations.items())
         return cls._encode(classes, items, source, {})
 
     @classmethod
     def from_dataset(cls, dataset: InstanceDataset) -> GroundTruth:
         """Decode every image's annotation file of ``dataset`` (in ``dataset.image_ids`` order), one at a time."""
         files = {image_id: dataset.annotation_path(image_id) for image_id in dataset.image_ids}
-        items = ((image_id, *dataset.decode(path)) for image_id, path in files.items())
+        items = ((image_id, *dataset.decode(path), dataset.decode_crowd(path)) for image_id, path in files.items())
         source = f"{dataset.classes.dataset} {dataset.split} set at {dataset.annotation_root}"
         return cls._encode(dataset.classes, items, source, files)
 
@@ -104,12 +109,12 @@ class GroundTruth:
     def _encode(
         cls,
         classes: ClassList,
-        items: Iterable[tuple[str, np.ndarray, np.ndarray]],
+        items: Iterable[tuple[str, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]],
         source: str,
         annotation_files: dict[str, Path],
     ) -> GroundTruth:
         images, anns, coco_ids, sizes = [], [], {}, {}
-        for image_id, masks, labels in items:
+        for image_id, masks, labels, crowd in items:
             masks, labels = np.asarray(masks, bool), np.asarray(labels, np.int64)
             if image_id in coco_ids:
                 raise EvaluationError(image_id, f"image id appears twice in the {source}")
@@ -121,10 +126,15 @@ class GroundTruth:
             sizes[image_id] = (int(masks.shape[1]), int(masks.shape[2]))
             images.append({"id": coco_ids[image_id], "file_name": image_id, "height": sizes[image_id][0],
                            "width": sizes[image_id][1]})
-            for mask, label in zip(masks, labels, strict=True):
+            regions = [(m, lab, 0) for m, lab in zip(masks, labels, strict=True)]
+            if crowd is not None:
+                crowd_masks, crowd_labels = np.asarray(crowd[0], bool), np.asarray(crowd[1], np.int64)
+                check_labels(image_id, crowd_labels, classes)
+                regions += [(m, lab, 1) for m, lab in zip(crowd_masks, crowd_labels, strict=True)]
+            for mask, label, iscrowd in regions:
                 rle = encode_rle(mask)
                 anns.append({"id": len(anns) + 1, "image_id": coco_ids[image_id], "segmentation": rle,
-                             "category_id": classes.dataset_ids[label], "iscrowd": 0,
+                             "category_id": classes.dataset_ids[label], "iscrowd": iscrowd,
                              "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist()})
         categories = [{"id": i, "name": n} for i, n in zip(classes.dataset_ids, classes.names, strict=True)]
         coco = {"images": images, "annotations": anns, "categories": categories}

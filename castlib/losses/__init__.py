@@ -12,6 +12,7 @@ from castlib.losses.debiased_sampling import (
 from castlib.losses.memory_bank import MemoryBank
 from castlib.losses.pixel_contrastive import (
     ContrastiveResult,
+    background_share,
     contrastive_options,
     false_negative_rate,
     pixel_contrastive_loss,
@@ -26,6 +27,7 @@ __all__ = [
     "ContrastiveResult",
     "MemoryBank",
     "SetCriterion",
+    "background_share",
     "contrastive_options",
     "debiased_weights",
     "false_negative_rate",

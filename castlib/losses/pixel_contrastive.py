@@ -10,7 +10,10 @@ embeddings, drawn by the instance-aware sampler (:mod:`castlib.losses.debiased_s
     L_pxl = mean of l over the B * N anchors.
 
 Candidates are every pixel of the batch except the anchor itself (same and other images), plus
-the memory bank's entries with ``scope="memory_bank"`` (Table 7, E.4). Embeddings are used as
+the memory bank's entries with ``scope="memory_bank"`` (Table 7, E.4). With ``valid``, pixels
+outside it (the padding of an image smaller than the crop) are neither anchors nor candidates, nor
+pushed into the bank: the loss is computed on the valid pixels alone, exactly as on a batch that
+holds only them. Embeddings are used as
 given: the projection heads L2-normalise them, so the inner products are cosine similarities.
 
 Gradients: the loss flows into z_weak (anchors and in-batch negatives) and into z_strong
@@ -38,12 +41,12 @@ from castlib.losses.debiased_sampling import pseudo_probability_embedding
 from castlib.losses.memory_bank import MemoryBank
 
 IMPLEMENTATIONS = {"fast": fast_pixel_contrastive, "reference": reference_pixel_contrastive}
-NOT_OPTIONS = ("bank_size",)  # keys of the config section that the caller uses itself
+NOT_OPTIONS = ("bank_size", "bank_push")  # keys of the config section that the caller uses itself
 
 
 def contrastive_options(section: Mapping) -> dict:
     """Keyword arguments of :func:`pixel_contrastive_loss` from the config's ``loss.contrastive``
-    section: every key but ``bank_size`` (the size of the caller's :class:`MemoryBank`)."""
+    section: every key but ``bank_size`` and ``bank_push`` (those of the caller's :class:`MemoryBank`)."""
     return {key: value for key, value in section.items() if key not in NOT_OPTIONS}
 
 
@@ -57,14 +60,18 @@ class ContrastiveResult:
       fewer than R candidates had a positive weight (that slot adds nothing to the loss).
     - ``margin``: mean positive minus mean sampled-negative cosine similarity, Delta_emp of
       Proposition 3.1 (main Fig. 3), detached.
-    - ``fnr``: with ``instance_ids``, the share of sampled negatives in the anchor's own instance
-      (same image, same id), i.e. 1 - p of Assumption 3.1; otherwise None.
+    - ``fnr``: with ``instance_ids``, the share of an instance anchor's sampled instance negatives that
+      lie in the anchor's own instance (same image, same id), i.e. 1 - p of Assumption 3.1
+      (Proposition 3.1, main Fig. 3); background anchors and candidates are left out. Otherwise None.
+    - ``background_share``: with ``instance_ids``, the share of an instance anchor's sampled in-batch
+      negatives that are background pixels; otherwise None.
     """
 
     loss: torch.Tensor
     negatives: torch.Tensor
     margin: torch.Tensor
     fnr: torch.Tensor | None = None
+    background_share: torch.Tensor | None = None
 
 
 def pixel_contrastive_loss(
@@ -75,6 +82,7 @@ def pixel_contrastive_loss(
     *,
     negatives: torch.Tensor | None = None,
     instance_ids: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
     impl: str = "fast",
     bank: MemoryBank | None = None,
     generator: torch.Generator | None = None,
@@ -84,59 +92,111 @@ def pixel_contrastive_loss(
 
     ``z_weak``, ``z_strong`` ``[B, N, D]`` (unit norm); ``mask_logits`` ``[B, K, N]`` resized to the
     embedding map and ``class_logits`` ``[B, K, C+1]``, both used detached to build y~;
-    ``instance_ids`` ``[B, N]`` int, per-image instance ids for the false-negative rate (ids >= 0
-    are segments, e.g. 0 for background as one segment; negative ids are unknown and left out).
+    ``instance_ids`` ``[B, N]`` int, per-image instance ids for the false-negative rate (ids >= 1
+    are instances, 0 is background, negative ids are unknown and left out); ``valid`` ``[B, N]`` bool,
+    the pixels that take part (default: all), e.g. not the padding.
     ``negatives`` ``[B * N, R]`` as in :class:`ContrastiveResult` skips sampling (its R wins over
-    ``num_negatives``), so two implementations can be compared on one draw. ``bank`` is required
-    with ``scope="memory_bank"``: its entries are extra candidates, and the batch's (z_weak, y~)
-    are pushed into it after the loss is computed. ``generator`` drives the sampler (default:
+    ``num_negatives``), so two implementations can be compared on one draw; with ``valid``, rows of
+    left-out anchors are ignored and no entry may name a left-out pixel. ``bank`` is required
+    with ``scope="memory_bank"``: its entries are extra candidates, and a random subset of the
+    batch's (z_weak, y~) is pushed into it after the loss is computed. ``generator`` drives the sampler (default:
     torch's global one). ``options``: see :class:`ContrastiveOptions`.
     """
     opts = ContrastiveOptions.build(**options)
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {sorted(IMPLEMENTATIONS)}, got {impl!r}")
-    _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids)
+    _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids, valid)
     if (opts.scope == "memory_bank") != (bank is not None):
         raise ValueError(f"scope {opts.scope!r} " + ("needs a MemoryBank (bank=...)" if bank is None
                                                      else "takes no bank; use scope='memory_bank'"))
     dtype = torch.promote_types(z_weak.dtype, torch.float32)
     z_anchor, z_positive = z_weak.flatten(0, 1).to(dtype), z_strong.flatten(0, 1).to(dtype)
     y = pseudo_probability_embedding(mask_logits.to(dtype), class_logits.to(dtype), opts.embedding)
+    kept = None if valid is None else valid.flatten().to(z_anchor.device).nonzero().squeeze(1)
+    if kept is not None:
+        z_anchor, z_positive, y = z_anchor[kept], z_positive[kept], y[kept]
     pixels = ContrastiveBatch(z_anchor, z_positive, y)
     if bank is not None and len(bank):
         if bank.y.shape[1] != y.shape[1]:
             raise ValueError(f"the memory bank holds y of dim {bank.y.shape[1]}, this batch's is {y.shape[1]}")
         pixels.bank = bank.z.to(z_anchor, copy=True), bank.y.to(y, copy=True)  # the push below must not change them
     if negatives is not None:
-        _check_negatives(negatives, z_anchor.shape[0], pixels.num_candidates)
+        _check_negatives(negatives, z_weak.shape[0] * z_weak.shape[1],
+                         z_weak.shape[0] * z_weak.shape[1] + pixels.num_candidates - y.shape[0])
+        if kept is not None:
+            negatives = _to_kept(negatives[kept], kept, z_weak.shape[0] * z_weak.shape[1])
     loss, s_pos, s_neg, negatives = IMPLEMENTATIONS[impl](pixels, negatives, opts, generator)
     if bank is not None:
-        bank.push(z_anchor.detach(), y)
-    valid = negatives >= 0
-    margin = s_pos.mean() - (s_neg * valid).sum() / valid.sum()
-    fnr = None if instance_ids is None else false_negative_rate(negatives, instance_ids)
-    return ContrastiveResult(loss=loss, negatives=negatives, margin=margin, fnr=fnr)
+        bank.push(z_anchor.detach(), y, generator)
+    drawn = negatives >= 0
+    margin = s_pos.mean() - (s_neg * drawn).sum() / drawn.sum()
+    if kept is not None:
+        negatives = _from_kept(negatives, kept, z_weak.shape[0] * z_weak.shape[1])
+    if instance_ids is None:
+        return ContrastiveResult(loss=loss, negatives=negatives, margin=margin)
+    return ContrastiveResult(loss=loss, negatives=negatives, margin=margin,
+                             fnr=false_negative_rate(negatives, instance_ids),
+                             background_share=background_share(negatives, instance_ids))
 
 
-@torch.no_grad()
-def false_negative_rate(negatives: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
-    """Share of drawn negatives (``-1`` slots left out) that lie in the anchor's own instance.
-
-    A candidate is in the anchor's instance when it is a pixel of the same image with the same id;
-    memory-bank entries (index >= B * N) come from past images and never are. Pairs with an
-    unknown (negative) id are left out. NaN when no pair is left.
-    """
+def _negative_ids(negatives: torch.Tensor, instance_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per drawn pair: the anchor's id, the candidate's id (-1 for bank entries and empty slots), and
+    whether both lie in the same image."""
     pixels = instance_ids.shape[1]
     ids = instance_ids.flatten().to(negatives.device)
     anchors = torch.arange(negatives.shape[0], device=negatives.device)[:, None]
     in_batch = (negatives >= 0) & (negatives < ids.numel())
-    neg_ids = ids[negatives.clamp(0, ids.numel() - 1)]
-    known = (negatives >= 0) & (ids[anchors] >= 0) & (~in_batch | (neg_ids >= 0))
-    same = in_batch & (negatives // pixels == anchors // pixels) & (neg_ids == ids[anchors])
-    return (same & known).sum() / known.sum()
+    candidate_ids = torch.where(in_batch, ids[negatives.clamp(0, ids.numel() - 1)], -1)
+    return ids[anchors].expand_as(negatives), candidate_ids, negatives // pixels == anchors // pixels
 
 
-def _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids) -> None:
+@torch.no_grad()
+def false_negative_rate(negatives: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
+    """Share of the drawn negatives of instance anchors, among those in an instance, that lie in the
+    anchor's own instance (Proposition 3.1: 1 - p; main Fig. 3).
+
+    Ids >= 1 are instances, 0 is background, negative ids are unknown. A candidate is in the anchor's
+    instance when it is a pixel of the same image with the same id. Background anchors, background
+    candidates, unknown ids, ``-1`` slots and memory-bank entries (index >= B * N, past images whose
+    ids are not kept) are left out. NaN when no pair is left.
+    """
+    anchor_ids, candidate_ids, same_image = _negative_ids(negatives, instance_ids)
+    counted = (anchor_ids >= 1) & (candidate_ids >= 1)
+    same = counted & same_image & (candidate_ids == anchor_ids)
+    return same.sum() / counted.sum()
+
+
+@torch.no_grad()
+def background_share(negatives: torch.Tensor, instance_ids: torch.Tensor) -> torch.Tensor:
+    """Share of the drawn in-batch negatives of instance anchors (ids as in :func:`false_negative_rate`)
+    that are background pixels. NaN when no pair is left."""
+    anchor_ids, candidate_ids, _ = _negative_ids(negatives, instance_ids)
+    counted = (anchor_ids >= 1) & (candidate_ids >= 0)
+    return (counted & (candidate_ids == 0)).sum() / counted.sum()
+
+
+def _to_kept(negatives: torch.Tensor, kept: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Candidate indices of the whole batch (``B * N`` pixels, then the bank) as indices among the kept pixels."""
+    position = torch.full((pixels,), -2, dtype=torch.int64, device=negatives.device)
+    position[kept] = torch.arange(len(kept), device=negatives.device)
+    in_batch = (negatives >= 0) & (negatives < pixels)
+    out = torch.where(in_batch, position[negatives.clamp(0, pixels - 1)], negatives - pixels + len(kept))
+    out = torch.where(negatives < 0, -1, out)
+    if (out == -2).any():
+        raise ValueError("negatives name a pixel outside `valid`; left-out pixels are no candidates")
+    return out
+
+
+def _from_kept(negatives: torch.Tensor, kept: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Indices among the kept pixels back as indices of the whole batch; left-out anchors' rows are -1."""
+    in_batch = (negatives >= 0) & (negatives < len(kept))
+    mapped = torch.where(in_batch, kept[negatives.clamp(0, max(len(kept) - 1, 0))], negatives - len(kept) + pixels)
+    out = torch.full((pixels, negatives.shape[1]), -1, dtype=torch.int64, device=negatives.device)
+    out[kept] = torch.where(negatives < 0, -1, mapped)
+    return out
+
+
+def _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids, valid) -> None:
     if z_weak.dim() != 3 or z_weak.shape != z_strong.shape:
         raise ValueError(f"z_weak and z_strong must both be [B, N, D], got {tuple(z_weak.shape)} "
                          f"and {tuple(z_strong.shape)}")
@@ -149,6 +209,8 @@ def _check_shapes(z_weak, z_strong, mask_logits, class_logits, instance_ids) -> 
                          f"got {tuple(class_logits.shape)}")
     if instance_ids is not None and tuple(instance_ids.shape) != (batch, pixels):
         raise ValueError(f"instance_ids must be [B, N] = [{batch}, {pixels}], got {tuple(instance_ids.shape)}")
+    if valid is not None and (tuple(valid.shape) != (batch, pixels) or valid.dtype != torch.bool):
+        raise ValueError(f"valid must be bool [B, N] = [{batch}, {pixels}], got {valid.dtype} {tuple(valid.shape)}")
 
 
 def _check_negatives(negatives: torch.Tensor, anchors: int, candidates: int) -> None:
