@@ -22,12 +22,13 @@ from __future__ import annotations
 import copy
 
 from castlib.config import Config
+from castlib.data.datasets import InstanceDataset
 from castlib.data.loaders import build_dataset, is_synthetic
 from castlib.data.transforms import train_views
 from castlib.engine import stages
 from castlib.engine.runs import Run
 from castlib.errors import ConfigError
-from castlib.models import Student, Teacher, build_model
+from castlib.models import SegmentationModel, Student, Teacher, build_model
 from castlib.models.build import load_weights
 
 # Every teacher part trains on the source domain; SAM2's extra mask heads serve multimask output only (no gradient).
@@ -61,7 +62,7 @@ def _section(cfg: Config) -> Config:
                    "contrastive_weight": 0.0, "semi_weight": 0.0})
 
 
-def _source_train(source: Config):
+def _source_train(source: Config) -> InstanceDataset:
     """Every source training image with its full labels (no labelled / unlabelled split)."""
     return build_dataset(source, "train", transform=train_views(source.augment, strong=False))
 
@@ -108,7 +109,7 @@ def stand_in_inputs(cfg: Config, which: str) -> dict[str, Run]:
     return {"stand_in": run}
 
 
-def initial_model(cfg: Config, which: str, inputs: dict[str, Run]):
+def initial_model(cfg: Config, which: str, inputs: dict[str, Run]) -> SegmentationModel:
     """``which`` built from ``cfg`` (its sizes and trainable parts), with the stand-in's weights of
     ``inputs["stand_in"]`` when there is one: all of them for the teacher (theta_T^0), the encoder's for a student
     or baseline (its decoders start from the seed's random draw, as the paper's start from DINOv2 alone)."""

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from castlib.config import Config
 from castlib.data.classes import CLASS_LISTS
+from castlib.data.datasets import InstanceDataset
 from castlib.data.loaders import (
     build_dataset,
     labelled_dataset,
@@ -332,7 +333,8 @@ def _contrastive_section(cfg: Config, stage: str, section: Config) -> dict:
 
 
 def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, iterations: int,
-         labels: Run | None, contrastive: bool, seed: int, section: Config, labelled=None) -> Run:
+         labels: Run | None, contrastive: bool, seed: int, section: Config,
+         labelled: InstanceDataset | None = None) -> Run:
     """Build the objective, optimiser, schedule and batch streams of a training stage, train, finish.
     ``labelled``: the labelled images (default: D_l of the config's split)."""
     merged = _contrastive_section(cfg, stage, section)
