@@ -1,10 +1,13 @@
 """The Mask2Former set criterion (L_sup / L_semi): matching, weights, no-object, deep supervision."""
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import Mask2FormerConfig
+from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
 
 from castlib.config import load_config
 from castlib.losses import SetCriterion
@@ -136,6 +139,49 @@ def test_bad_targets_are_named():
 
 def test_the_config_section_builds_the_criterion():
     crit = SetCriterion.from_config(load_config("paper").loss, 8)
-    assert crit.mask2former.num_points == 12544 and crit.mask2former.eos_coef == pytest.approx(0.1)
+    assert crit.num_points == 12544 and crit.class_weights[-1] == pytest.approx(0.1)
     assert crit.weights == {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
-    assert crit.mask2former.oversample_ratio == 3.0 and crit.mask2former.importance_sample_ratio == 0.75
+    assert crit.num_oversampled == 3 * 12544 and crit.num_uncertain == int(0.75 * 12544)
+
+
+def _library_loss(crit: SetCriterion, out: SegmentationOutput, masks, labels) -> dict[str, torch.Tensor]:
+    """transformers' Mask2FormerLoss (per layer, per image), weighted and summed as SetCriterion does."""
+    config = Mask2FormerConfig(num_labels=crit.num_classes, class_weight=2.0, mask_weight=5.0, dice_weight=5.0,
+                               no_object_weight=0.1, train_num_points=crit.num_points, oversample_ratio=3.0,
+                               importance_sample_ratio=0.75)
+    aux = [{"masks_queries_logits": a["mask_logits"], "class_queries_logits": a["class_logits"]} for a in out.aux]
+    terms = Mask2FormerLoss(config, crit.weights)(out.mask_logits, out.class_logits, [m.float() for m in masks],
+                                                  list(labels), auxiliary_predictions=aux)
+    weighted = {k: crit.weights[re.sub(r"_\d+$", "", k)] * v for k, v in terms.items()}
+    return weighted | {"loss": torch.stack(list(weighted.values())).sum()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_batched_criterion_equals_transformers_loss_on_random_inputs(seed):
+    """Same seed, same random points, same matches: every term (and its gradient) equals the library's."""
+    g = torch.Generator().manual_seed(seed)
+    batch, queries, classes, layers = 3, 7, 4, 4
+    counts = [3, 0, 9]  # an image without targets, one with more targets than queries
+    masks = [torch.rand(n, H, W, generator=g) > 0.6 for n in counts]
+    labels = [torch.randint(0, classes, (n,), generator=g) for n in counts]
+
+    def random_output():
+        logits = [(torch.randn(batch, queries, classes + 1, generator=g),
+                   3 * torch.randn(batch, queries, H // STRIDE, W // STRIDE, generator=g)) for _ in range(layers)]
+        leaves = [(c.requires_grad_(), m.requires_grad_()) for c, m in logits]
+        aux = [{"class_logits": c, "mask_logits": m} for c, m in leaves[:-1]]
+        return SegmentationOutput(leaves[-1][0], leaves[-1][1], aux=aux), leaves
+
+    out, leaves = random_output()
+    crit = criterion(num_classes=classes, num_points=256)
+    torch.manual_seed(seed)
+    ours = crit(out, masks, labels)
+    torch.manual_seed(seed)
+    library = _library_loss(crit, out, masks, labels)
+    assert list(ours) == list(library)
+    for key in ours:
+        torch.testing.assert_close(ours[key], library[key], rtol=1e-5, atol=1e-6, msg=key)
+    ours_grad = torch.autograd.grad(ours["loss"], [t for pair in leaves for t in pair])
+    library_grad = torch.autograd.grad(library["loss"], [t for pair in leaves for t in pair])
+    for a, b in zip(ours_grad, library_grad, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -79,7 +79,9 @@ def test_the_runs_chain_as_the_paper_says(pipeline):
     step_a = json.loads((runs / step_a_labels["inputs"]["teacher"] / "run.json").read_text())
     assert step_a["stage"] == "teacher_finetune" and step_a["inputs"] == {"init": teacher.info["inputs"]["init"]}
     assert labels.info["inputs"] == {"teacher": teacher.id}
-    assert student.info["inputs"] == {"pseudo_labels": labels.id}
+    assert student.info["inputs"]["pseudo_labels"] == labels.id
+    stand_in = json.loads((runs / student.info["inputs"]["stand_in"] / "run.json").read_text())  # the smoke stand-in
+    assert stand_in["stage"] == "pretrain_backbone" and set(student.info["inputs"]) == {"pseudo_labels", "stand_in"}
     assert refined.info["inputs"] == {"student": student.id}
 
 

@@ -36,10 +36,10 @@ from castlib.engine.batches import batch_stream
 from castlib.engine.loop import train
 from castlib.engine.objective import Objective, take
 from castlib.engine.optim import build_scheduler
+from castlib.engine.pretrain import initial_model, stand_in_inputs
 from castlib.engine.runs import Run
 from castlib.errors import ConfigError
 from castlib.losses import SetCriterion
-from castlib.models import build_model
 
 TEACHER_STAGE = "guided_distillation_teacher"
 STAGE = "guided_distillation"
@@ -218,12 +218,13 @@ def guided_distillation_teacher(cfg: Config, backbone: str, fraction: float, see
     with the same inputs."""
     cfg = gd_config(cfg, backbone, fraction)
     seed = stages._seed(cfg, seed)
-    run, ctx = stages._start(cfg, TEACHER_STAGE, {}, seed)
+    inputs = stand_in_inputs(cfg, "baseline")
+    run, ctx = stages._start(cfg, TEACHER_STAGE, inputs, seed)
     if stages._done(run):
         return run
     section = cfg.get_path(SECTION)
     stages._seed_everything(seed)
-    model = build_model(cfg, "baseline", stages._num_classes(cfg)).to(ctx.device)
+    model = initial_model(cfg, "baseline", inputs).to(ctx.device)
     criterion = SetCriterion.from_config(cfg.loss, stages._num_classes(cfg)).to(ctx.device)
     objective = Objective(model, "criterion", criterion)
     return _train_and_finish(cfg, run, ctx, TEACHER_STAGE, model, objective, section.teacher_iterations,
@@ -237,12 +238,13 @@ def guided_distillation(cfg: Config, backbone: str, fraction: float, seed: int |
     teacher = guided_distillation_teacher(cfg, backbone, fraction, seed)
     cfg = gd_config(cfg, backbone, fraction)
     seed = stages._seed(cfg, seed)
-    run, ctx = stages._start(cfg, STAGE, {"teacher": teacher}, seed)
+    inputs = {"teacher": teacher, **stand_in_inputs(cfg, "baseline")}
+    run, ctx = stages._start(cfg, STAGE, inputs, seed)
     if stages._done(run):
         return run
     section = cfg.get_path(SECTION)
     stages._seed_everything(seed)
-    student = build_model(cfg, "baseline", stages._num_classes(cfg)).to(ctx.device)
+    student = initial_model(cfg, "baseline", inputs).to(ctx.device)
     frozen = stages.load_model(cfg, teacher, "baseline").to(ctx.device)
     criterion = SetCriterion.from_config(cfg.loss, stages._num_classes(cfg)).to(ctx.device)
     objective = GuidedDistillationObjective(student, frozen, criterion, section)

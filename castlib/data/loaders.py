@@ -49,8 +49,8 @@ def synthetic_spec(cfg: Config) -> SyntheticSpec:
     syn = cfg.data.synthetic
     sizes = syn[dataset]
     if dataset == "cityscapes":
-        return SyntheticSpec("cityscapes", sizes.train, sizes.val, sizes.height, sizes.width, syn.seed)
-    return SyntheticSpec("ade20k", sizes.train, sizes.val, sizes.short_side, 0, syn.seed)
+        return SyntheticSpec("cityscapes", sizes.train, sizes.val, sizes.height, sizes.width, syn.seed, syn.domain)
+    return SyntheticSpec("ade20k", sizes.train, sizes.val, sizes.short_side, 0, syn.seed, syn.domain)
 
 
 def dataset_name(cfg: Config) -> str:

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 
 from castlib.data.classes import ADE20K, CITYSCAPES
 from castlib.data.datasets import encode_ade20k
+from castlib.data.domains import TARGET, DomainStyle, domain_style
 from castlib.errors import DataError
 from castlib.io import save_image_atomic, write_json_atomic, write_text_atomic
 
@@ -80,6 +81,7 @@ class SyntheticSpec:
     height: int  # Cityscapes: image height; ADE20K: short side
     width: int  # Cityscapes: image width; ADE20K: unused (aspect ratios vary)
     seed: int
+    domain: str = "target"  # castlib.data.domains: target (the kit's sets) | source (the pretrain stage's)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +114,6 @@ _THING_SIZE = {
     "person": (1.7, 0.42), "rider": (1.25, 0.55), "car": (1.5, 2.2), "truck": (3.0, 2.1),
     "bus": (3.2, 3.0), "train": (3.8, 6.0), "motorcycle": (1.1, 1.8), "bicycle": (1.0, 1.7),
 }  # fmt: skip
-_CAMERA_HEIGHT = 1.4  # metres; an object's pixel height = its height / camera height * (foot - horizon)
 
 # Mean instances per image in Cityscapes train (about 27k cars, 18k people ... over 2975 images).
 _CITYSCAPES_RATES = {"car": 9.0, "person": 6.0, "bicycle": 1.2, "rider": 0.6, "motorcycle": 0.25,
@@ -142,10 +143,11 @@ def _rect(x0, y0, x1, y1) -> np.ndarray:
 # Street scenes (Cityscapes).
 
 
-def cityscapes_layout(rng: np.random.Generator, height: int, width: int) -> Layout:
-    """A street scene: sky, buildings, trees, road and sidewalks, then things back to front."""
+def cityscapes_layout(rng: np.random.Generator, height: int, width: int, style: DomainStyle = TARGET) -> Layout:
+    """A street scene: sky, buildings, trees, road and sidewalks, then things back to front, seen by the camera
+    of ``style`` (its height and horizon; objects scaled by its ``object_scale``, counts by its ``density``)."""
     H, W = height, width
-    horizon = H * rng.uniform(0.38, 0.48)
+    horizon = H * rng.uniform(*style.horizon)
     vx = W * rng.uniform(0.35, 0.65)  # vanishing point of the road
     stuff: list[Region] = [Region("sky", _rect(0, 0, W, horizon + 2), False)]
     x = -rng.uniform(0, 0.1) * W
@@ -176,7 +178,7 @@ def cityscapes_layout(rng: np.random.Generator, height: int, width: int) -> Layo
 
     def place(name: str, foot: float, cx: float, flip: bool, scale: float = 1.0) -> tuple[float, float, float]:
         metres, aspect = _THING_SIZE[name]
-        h = metres / _CAMERA_HEIGHT * (foot - horizon) * scale
+        h = metres / style.camera_height * (foot - horizon) * scale * style.object_scale
         w = h * aspect
         if h >= min_h:
             things.append((foot, Region(name, _outline(name, cx - w / 2, foot - h, w, h, flip, rng), True)))
@@ -185,7 +187,7 @@ def cityscapes_layout(rng: np.random.Generator, height: int, width: int) -> Layo
     def foot_y() -> float:  # depth: uniform in inverse distance, so far objects are common and small
         return horizon + (H - horizon) * rng.uniform(0.12, 1.05)
 
-    counts = {name: rng.poisson(rate) for name, rate in _CITYSCAPES_RATES.items()}
+    counts = {name: rng.poisson(rate * style.density) for name, rate in _CITYSCAPES_RATES.items()}
     cars = counts.pop("car")
     while cars > 0:  # rows of touching, occluding cars
         row = min(cars, 1 + rng.geometric(0.35))
@@ -208,7 +210,7 @@ def cityscapes_layout(rng: np.random.Generator, height: int, width: int) -> Layo
         foot, cx, flip = foot_y(), W * rng.uniform(0, 1), rng.random() < 0.5
         _, top, _ = place(vehicle, foot, cx, flip)
         metres, aspect = _THING_SIZE["rider"]
-        h = metres / _CAMERA_HEIGHT * (foot - horizon)
+        h = metres / style.camera_height * (foot - horizon) * style.object_scale
         if h >= min_h:
             r = _outline("rider", cx - h * aspect / 2, top - 0.55 * h, h * aspect, h, flip, rng)
             things.append((foot + 1e-3, Region("rider", r, True)))
@@ -282,17 +284,18 @@ def _shape_polygon(shape: str, x0: float, y0: float, w: float, h: float, rng: np
     return np.stack([cx + r * np.cos(t) * w / 2, cy + r * np.sin(t) * h / 2], axis=1)
 
 
-def ade20k_layout(rng: np.random.Generator, height: int, width: int) -> Layout:
-    """A room or yard: wall and floor (unlabelled), then clusters of same-class objects."""
+def ade20k_layout(rng: np.random.Generator, height: int, width: int, style: DomainStyle = TARGET) -> Layout:
+    """A room or yard: wall and floor (unlabelled), then clusters of same-class objects (sizes scaled by the
+    ``object_scale`` of ``style``, cluster counts by its ``density``)."""
     H, W = height, width
     floor = H * rng.uniform(0.45, 0.65)
     stuff = [Region("wall", _rect(0, 0, W, floor + 1), False), Region("floor", _rect(0, floor, W, H), False)]
     things: list[tuple[float, Region]] = []
-    n_clusters = 2 + rng.poisson(3)
+    n_clusters = 2 + rng.poisson(3 * style.density)
     classes = rng.choice(len(ADE20K), size=n_clusters, p=_ADE_FREQ)
     for c in classes:
         look = _ADE_LOOKS[c]
-        size = min(H, W) * np.exp(rng.uniform(np.log(0.08), np.log(0.45)))  # scale variation
+        size = min(H, W) * np.exp(rng.uniform(np.log(0.08), np.log(0.45))) * style.object_scale  # scale variation
         h = size / math.sqrt(look.aspect)
         w = size * math.sqrt(look.aspect)
         foot = rng.uniform(0.3 * H, 1.05 * H)
@@ -331,8 +334,9 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) 
     return big[:height, :width]
 
 
-def render(layout: Layout, index_map: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """An RGB uint8 image of ``layout``; ``index_map`` is ``layout.index_map()``."""
+def render(layout: Layout, index_map: np.ndarray, rng: np.random.Generator, style: DomainStyle = TARGET) -> np.ndarray:
+    """An RGB uint8 image of ``layout`` in the palette, textures, light and camera noise of ``style``;
+    ``index_map`` is ``layout.index_map()``."""
     H, W = layout.height, layout.width
     n = len(layout.regions) + 1
     colour = np.zeros((n, 3), np.float32)
@@ -347,15 +351,15 @@ def render(layout: Layout, index_map: np.ndarray, rng: np.random.Generator) -> n
         if r.name in _STUFF_LOOK:
             base, texture[i], p = _STUFF_LOOK[r.name]
             period[i] = max(p, 1.0)
-            colour[i] = np.clip(np.array(base) + rng.normal(0, 0.04, 3), 0, 1)
+            colour[i] = np.clip(style.colour(base) + rng.normal(0, 0.04, 3), 0, 1)
         elif r.name in _CITYSCAPES_THING_COLOUR:  # a class colour, each instance tinted differently
-            colour[i] = np.clip(np.array(_CITYSCAPES_THING_COLOUR[r.name]) + rng.normal(0, 0.12, 3), 0.03, 0.97)
-            texture[i] = rng.choice([0, 1, 3])
+            colour[i] = np.clip(style.colour(_CITYSCAPES_THING_COLOUR[r.name]) + rng.normal(0, 0.12, 3), 0.03, 0.97)
+            texture[i] = rng.choice(style.thing_textures)
             period[i], angle[i] = rng.uniform(2.5, 6), rng.uniform(0, np.pi)
             vehicle[i], person[i] = r.name in _VEHICLES, r.name in ("person", "rider")
         else:
             look = _ADE_LOOKS[ADE20K.names.index(r.name)]
-            colour[i] = np.clip(np.array(look.colour) + rng.normal(0, 0.07, 3), 0.02, 0.98)
+            colour[i] = np.clip(style.colour(look.colour) + rng.normal(0, 0.07, 3), 0.02, 0.98)
             texture[i], period[i], angle[i] = look.texture, look.period, look.angle + rng.normal(0, 0.2)
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     idx = index_map
@@ -370,7 +374,7 @@ def render(layout: Layout, index_map: np.ndarray, rng: np.random.Generator) -> n
     pattern = np.select([texture[idx] == k for k in range(5)],
                         [np.zeros_like(xx), stripes - 0.5, checker - 0.5, noise * 0.5, dots - 0.3])
     img = colour[idx] * (1 + 0.22 * pattern[..., None])
-    img = img * (1.08 - 0.25 * v[..., None])  # light from above
+    img = img * style.shade(u, v)[..., None]  # light from above (target) or from the side (source)
     is_vehicle, is_person = vehicle[idx], person[idx]
     windows = is_vehicle & (v > 0.12) & (v < 0.42) & (u > 0.12) & (u < 0.88)
     img[windows] = img[windows] * 0.4 + np.array([0.45, 0.55, 0.65], np.float32) * 0.6
@@ -384,10 +388,10 @@ def render(layout: Layout, index_map: np.ndarray, rng: np.random.Generator) -> n
     edge = np.zeros((H, W), bool)
     edge[1:, :] |= idx[1:, :] != idx[:-1, :]
     edge[:, 1:] |= idx[:, 1:] != idx[:, :-1]
-    strength = rng.uniform(0.55, 0.95, n).astype(np.float32)
+    strength = rng.uniform(*style.contour, n).astype(np.float32)
     img[edge] *= strength[idx[edge]][:, None]
-    img += rng.normal(0, 0.02, img.shape).astype(np.float32)  # sensor noise
-    img *= rng.uniform(0.8, 1.15)  # exposure
+    img += rng.normal(0, style.noise, img.shape).astype(np.float32)  # sensor noise
+    img *= rng.uniform(*style.exposure)  # exposure
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -407,26 +411,29 @@ def ade20k_image_id(split: str, index: int) -> str:
     return f"ADE_{'train' if split == 'train' else 'val'}_{index + 1:08d}"
 
 
-def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, SPLIT_CODES[split], index])
+def _image_rng(seed: int, split: str, index: int, style: DomainStyle = TARGET) -> np.random.Generator:
+    key = [seed, SPLIT_CODES[split], index] + ([style.code] if style.code else [])  # the target keeps its streams
+    return np.random.default_rng(key)
 
 
 def cityscapes_scene(spec: SyntheticSpec, split: str, index: int) -> tuple[Layout, np.ndarray, np.ndarray]:
     """The layout, its region index map and its rendered image for one Cityscapes-format image."""
-    rng = _image_rng(spec.seed, split, index)
-    layout = cityscapes_layout(rng, spec.height, spec.width)
+    style = domain_style(spec.domain)
+    rng = _image_rng(spec.seed, split, index, style)
+    layout = cityscapes_layout(rng, spec.height, spec.width, style)
     index_map = layout.index_map()
-    return layout, index_map, render(layout, index_map, rng)
+    return layout, index_map, render(layout, index_map, rng, style)
 
 
 def ade20k_scene(spec: SyntheticSpec, split: str, index: int) -> tuple[Layout, np.ndarray, np.ndarray]:
-    rng = _image_rng(spec.seed, split, index)
+    style = domain_style(spec.domain)
+    rng = _image_rng(spec.seed, split, index, style)
     aspect = rng.choice([4 / 3, 3 / 4, 1.0, 3 / 2])
     short = spec.height
     h, w = (short, round(short * aspect)) if aspect >= 1 else (round(short / aspect), short)
-    layout = ade20k_layout(rng, h, w)
+    layout = ade20k_layout(rng, h, w, style)
     index_map = layout.index_map()
-    return layout, index_map, render(layout, index_map, rng)
+    return layout, index_map, render(layout, index_map, rng, style)
 
 
 def cityscapes_annotation(layout: Layout) -> dict:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from castlib.config import Config
 from castlib.data.classes import CLASS_LISTS
+from castlib.data.datasets import InstanceDataset
 from castlib.data.loaders import (
     build_dataset,
     check_dataset,
@@ -83,6 +84,12 @@ _STAGE_KEYS = {
     "guided_distillation_teacher": (*_GD_MODEL_KEYS, *(f"baselines.guided_distillation.{k}" for k in (
         "teacher_iterations", "batch_size", "lr", "backbone_lr_factor", "weight_decay", "grad_clip", "power"))),
     "guided_distillation": (*_GD_MODEL_KEYS, "baselines.guided_distillation"),
+    # castlib.engine.pretrain, on the source-domain config: neither the target sets nor the label fraction enter
+    "pretrain_teacher": ("profile", "data.dataset", "data.synthetic", *_EVAL, "augment", "model.teacher",
+                         "model.projection", "train.pretrain"),
+    "pretrain_backbone": ("profile", "data.dataset", "data.synthetic", *_EVAL, "augment", "model.trainable",
+                          "model.backbones", "model.pixel_decoder", "model.decoder", "model.projection", "loss",
+                          "train.pretrain"),
 }
 _NO_EFFECT = ("data.num_workers",)  # read, but the batches and metrics are the same whatever it is (batches.py)
 _UNREAD = {
@@ -91,6 +98,8 @@ _UNREAD = {
     "student_refinement": ("augment.strong", "loss.contrastive", "train.student.iterations",
                            "train.student.batch_size", "train.student.semi_weight",
                            "train.student.contrastive_weight", "train.student.contrastive"),
+    "pretrain_teacher": ("augment.strong",),  # no L_pxl in pretraining
+    "pretrain_backbone": ("augment.strong", "loss.contrastive"),
 }
 _CONTRASTIVE_KEYS = ("augment.strong", "loss.contrastive", "train.teacher.contrastive_weight",
                      "train.teacher.contrastive")
@@ -192,15 +201,19 @@ def load_model(cfg: Config, run: Run, which: str):
 # Teacher.
 
 def teacher_init(cfg: Config, seed: int | None = None) -> Run:
-    """theta_T^0: the teacher before adaptation (paper: the pretrained Grounding DINO + SAM2; smoke/mini: the
-    random initialisation drawn from the seed), saved and evaluated zero-shot (supplementary Table 6, T1).
+    """theta_T^0: the teacher before adaptation (paper: the pretrained Grounding DINO + SAM2; smoke/mini with
+    ``model.stand_in``: the source-domain stand-in of :func:`castlib.engine.pretrain.pretrain_teacher`; otherwise
+    the random initialisation drawn from the seed), saved and evaluated zero-shot (supplementary Table 6, T1).
     Both adaptation steps start from these weights."""
+    from castlib.engine.pretrain import initial_model, stand_in_inputs  # it builds on this module's routines
+
     seed = _seed(cfg, seed)
-    run, ctx = _start(cfg, "teacher_init", {}, seed)
+    inputs = stand_in_inputs(cfg, "teacher")
+    run, ctx = _start(cfg, "teacher_init", inputs, seed)
     if _done(run):
         return run
     _seed_everything(seed)
-    model = build_model(cfg, "teacher", _num_classes(cfg)).to(ctx.device)
+    model = initial_model(cfg, "teacher", inputs).to(ctx.device)
     return _finish(run, ctx, cfg, model, {"iterations": 0})
 
 
@@ -298,13 +311,17 @@ def _to_size(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def knowledge_transfer(cfg: Config, labels: Run, seed: int | None = None) -> Run:
     """theta_s* = argmin J(theta_s; D_l, D_u; l_semi, l_pxl) with the frozen teacher's pseudo-labels on D_u
-    (spec 4.2); the strong view's encoder pass runs without gradient."""
+    (spec 4.2); the strong view's encoder pass runs without gradient. The encoder starts from the pretrained
+    backbone (paper: DINOv2; smoke/mini with ``model.stand_in``: :func:`castlib.engine.pretrain.pretrain_backbone`)."""
+    from castlib.engine.pretrain import initial_model, stand_in_inputs  # it builds on this module's routines
+
     seed = _seed(cfg, seed)
-    run, ctx = _start(cfg, "knowledge_transfer", {"pseudo_labels": labels}, seed)
+    inputs = {"pseudo_labels": labels, **stand_in_inputs(cfg, "student")}
+    run, ctx = _start(cfg, "knowledge_transfer", inputs, seed)
     if _done(run):
         return run
     _seed_everything(seed)
-    model = build_model(cfg, "student", _num_classes(cfg)).to(ctx.device)
+    model = initial_model(cfg, "student", inputs).to(ctx.device)
     s = cfg.train.student
     return _fit(cfg, run, ctx, model, "knowledge_transfer", "student", s.iterations, labels, True, seed, section=s)
 
@@ -370,8 +387,10 @@ def _contrastive_section(cfg: Config, stage: str, section: Config) -> dict:
 
 
 def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, iterations: int,
-         labels: Run | None, contrastive: bool, seed: int, section: Config) -> Run:
-    """Build the objective, optimiser, schedule and batch streams of a training stage, train, finish."""
+         labels: Run | None, contrastive: bool, seed: int, section: Config,
+         labelled: InstanceDataset | None = None) -> Run:
+    """Build the objective, optimiser, schedule and batch streams of a training stage, train, finish.
+    ``labelled``: the labelled images (default: D_l of the config's split)."""
     merged = _contrastive_section(cfg, stage, section)
     options = contrastive_options(merged)
     bank = None
@@ -386,7 +405,7 @@ def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, it
     optimizer = _optimizer(model, role, section)
     scheduler = _scheduler(optimizer, section, iterations)
     per_part = section.batch_size // 2 if labels is not None else section.batch_size
-    labelled = labelled_dataset(cfg, strong=contrastive)
+    labelled = labelled_dataset(cfg, strong=contrastive) if labelled is None else labelled
     unlabelled = None
     if labels is not None:
         unlabelled = unlabelled_dataset(cfg, strong=contrastive, annotation_root=labels.pseudo_label_dir)

@@ -7,11 +7,15 @@ points sampled by uncertainty (12544 points, oversample 3, importance 0.75), so 
 resolution and predictions at a lower one compare in normalised coordinates. The same is done for
 each earlier decoder layer (deep supervision, each layer matched on its own).
 
-Matching and terms are transformers' ``Mask2FormerLoss``. It returns the terms unweighted
-(research note M3); :class:`SetCriterion` weights them (class 2, mask 5, dice 5), sums them,
-runs in float32 (scipy cannot take half precision; Mask2Former also computes its loss in float32)
-and averages the mask count over ``torch.distributed`` ranks as Mask2Former's criterion does.
-Point sampling and matching draw from torch's global generator: seed it for determinism.
+The computation is transformers' ``Mask2FormerLoss`` (research note M3) with its per-layer,
+per-image loops batched: every layer's costs of an image come from one sampling of the targets and
+one batched matrix product, and every layer's point losses from one sampling pass. Its random
+points are drawn first, in the library's order (per layer: each image's matching points, then the
+oversampled and the random loss points), so under the same seed the loss equals the library's
+(``tests/test_losses_set_criterion.py``). :class:`SetCriterion` weights the terms (class 2, mask 5,
+dice 5), sums them, runs in float32 (scipy cannot take half precision; Mask2Former also computes
+its loss in float32) and averages the mask count over ``torch.distributed`` ranks as Mask2Former's
+criterion does. Point sampling draws from torch's global generator: seed it for determinism.
 """
 
 from __future__ import annotations
@@ -21,27 +25,28 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 from torch import nn
-from transformers import Mask2FormerConfig
-from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
 
 from castlib.models.output import SegmentationOutput
 
 _LAYER_SUFFIX = re.compile(r"_\d+$")
 
 
-class _Mask2FormerLoss(Mask2FormerLoss):
-    """transformers' loss with the mask count averaged over ``torch.distributed`` ranks.
+def _num_masks(labels: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The batch's target count, averaged over ``torch.distributed`` ranks (transformers averages it only under
+    ``accelerate``; the kit trains under ``torchrun``), at least 1."""
+    num_masks = torch.as_tensor(float(sum(len(c) for c in labels)), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num_masks)
+        num_masks = num_masks / dist.get_world_size()
+    return num_masks.clamp(min=1)
 
-    The library averages it only under ``accelerate``; the kit trains under ``torchrun``.
-    """
 
-    def get_num_masks(self, class_labels: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-        num_masks = torch.as_tensor(float(sum(len(c) for c in class_labels)), device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(num_masks)
-            num_masks = num_masks / dist.get_world_size()
-        return num_masks.clamp(min=1)
+def _sample(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear values ``[N, C, P]`` of ``maps [N, C, H, W]`` at ``points [N, P, 2]`` in [0, 1] (x, y)."""
+    return F.grid_sample(maps, 2.0 * points[:, :, None] - 1.0, align_corners=False)[..., 0]
 
 
 class SetCriterion(nn.Module):
@@ -71,17 +76,12 @@ class SetCriterion(nn.Module):
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.num_classes = num_classes
         self.weights = {"loss_cross_entropy": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
-        config = Mask2FormerConfig(
-            num_labels=num_classes,
-            class_weight=class_weight,
-            mask_weight=mask_weight,
-            dice_weight=dice_weight,
-            no_object_weight=no_object_weight,
-            train_num_points=num_points,
-            oversample_ratio=oversample_ratio,
-            importance_sample_ratio=importance_sample_ratio,
-        )
-        self.mask2former = _Mask2FormerLoss(config, weight_dict=self.weights)
+        self.num_points = num_points
+        self.num_oversampled = int(num_points * oversample_ratio)
+        self.num_uncertain = int(importance_sample_ratio * num_points)
+        class_weights = torch.ones(num_classes + 1)
+        class_weights[-1] = no_object_weight
+        self.register_buffer("class_weights", class_weights, persistent=False)
 
     @classmethod
     def from_config(cls, section: Mapping, num_classes: int) -> SetCriterion:
@@ -102,21 +102,114 @@ class SetCriterion(nn.Module):
     ) -> dict[str, torch.Tensor]:
         device = output.class_logits.device
         self._check(output, masks, labels)
-        self.mask2former.to(device)  # its no-object class weight follows the predictions
         targets = [m.to(device=device, dtype=torch.float32) for m in masks]
         classes = [lab.to(device=device, dtype=torch.int64) for lab in labels]
-        aux = [
-            {"masks_queries_logits": a["mask_logits"].float(), "class_queries_logits": a["class_logits"].float()}
-            for a in output.aux
-        ]
         with torch.autocast(device_type=device.type, enabled=False):
-            terms = self.mask2former(
-                output.mask_logits.float(), output.class_logits.float(), targets, classes,
-                auxiliary_predictions=aux or None,
-            )
+            mask_logits = torch.stack([output.mask_logits] + [a["mask_logits"] for a in output.aux]).float()
+            class_logits = torch.stack([output.class_logits] + [a["class_logits"] for a in output.aux]).float()
+            points = self._draw_points(mask_logits.shape, classes, device)
+            matches = self._match(mask_logits, class_logits, targets, classes, points["match"])
+            terms = self._terms(mask_logits, class_logits, targets, classes, matches, points,
+                                _num_masks(classes, device))
         weighted = {name: self.weights[_LAYER_SUFFIX.sub("", name)] * value for name, value in terms.items()}
         weighted["loss"] = torch.stack(list(weighted.values())).sum()
         return weighted
+
+    def _draw_points(self, shape: torch.Size, classes: Sequence[torch.Tensor], device: torch.device) -> dict:
+        """Every random point of the step, drawn in transformers' order: per layer (last first, then the aux
+        layers), each image's matching points ``[P, 2]``, then the matched masks' oversampled ``[M, 3P, 2]`` and
+        random ``[M, P - 0.75 P, 2]`` loss points."""
+        layers, batch, queries = shape[:3]
+        matched = sum(min(queries, len(c)) for c in classes)
+        num_random = self.num_points - self.num_uncertain
+        drawn: dict[str, list] = {"match": [], "oversampled": [], "random": []}
+        for _ in range(layers):
+            drawn["match"].append(torch.cat([torch.rand(1, self.num_points, 2, device=device) for _ in range(batch)]))
+            drawn["oversampled"].append(torch.rand(matched, self.num_oversampled, 2, device=device))
+            if num_random > 0:
+                drawn["random"].append(torch.rand(matched, num_random, 2, device=device))
+        return {"match": torch.stack(drawn["match"]), "oversampled": torch.cat(drawn["oversampled"]),
+                "random": torch.cat(drawn["random"]) if drawn["random"] else None}
+
+    @torch.no_grad()
+    def _match(self, mask_logits: torch.Tensor, class_logits: torch.Tensor, targets: Sequence[torch.Tensor],
+               classes: Sequence[torch.Tensor], points: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Hungarian matching of every layer (``mask_logits [L, B, Q, h, w]``) on class + BCE + dice costs at the
+        matching ``points [L, B, P, 2]``: per layer, per image, (query indices, target indices)."""
+        layers, batch = mask_logits.shape[:2]
+        per_image = []
+        for i in range(batch):
+            n = len(classes[i])
+            if n == 0:
+                empty = torch.zeros(0, dtype=torch.int64)
+                per_image.append([(empty, empty)] * layers)
+                continue
+            pred = _sample(mask_logits[:, i], points[:, i])  # [L, Q, P]
+            target = _sample(targets[i][None], points[:, i].reshape(1, -1, 2))[0]  # [N, L*P]
+            target = target.view(n, layers, -1).transpose(0, 1)  # [L, N, P]
+            cost_class = -class_logits[:, i].softmax(-1)[..., classes[i]]
+            pos = F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred), reduction="none")
+            neg = F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none")
+            p = pred.shape[-1]
+            cost_mask = (pos / p) @ target.transpose(1, 2) + (neg / p) @ (1 - target).transpose(1, 2)
+            probs = pred.sigmoid()
+            numerator = 2 * probs @ target.transpose(1, 2)
+            denominator = probs.sum(-1)[..., None] + target.sum(-1)[:, None, :]
+            cost_dice = 1 - (numerator + 1) / (denominator + 1)
+            cost = (self.weights["loss_mask"] * cost_mask + self.weights["loss_cross_entropy"] * cost_class
+                    + self.weights["loss_dice"] * cost_dice)
+            top = torch.finfo(cost.dtype).max
+            cost = torch.nan_to_num(cost, nan=top, posinf=top, neginf=top).cpu()
+            per_image.append([tuple(torch.as_tensor(a, dtype=torch.int64) for a in linear_sum_assignment(c))
+                              for c in cost])
+        return [[per_image[i][layer] for i in range(batch)] for layer in range(layers)]
+
+    def _terms(self, mask_logits: torch.Tensor, class_logits: torch.Tensor, targets: Sequence[torch.Tensor],
+               classes: Sequence[torch.Tensor], matches: list, points: dict, num_masks: torch.Tensor) -> dict:
+        """Class cross-entropy, point BCE and dice of every layer; keys as transformers' (``_i`` for aux i)."""
+        layers, batch, queries = mask_logits.shape[:3]
+        device = mask_logits.device
+        layer_idx, image_idx, query_idx, target_idx = [], [], [], []
+        for layer, per_image in enumerate(matches):
+            for i, (q, t) in enumerate(per_image):
+                layer_idx.append(torch.full_like(q, layer))
+                image_idx.append(torch.full_like(q, i))
+                query_idx.append(q)
+                target_idx.append(t)
+        layer_idx, image_idx, query_idx, target_idx = (torch.cat(x).to(device) for x in
+                                                       (layer_idx, image_idx, query_idx, target_idx))
+        pred = mask_logits[layer_idx, image_idx, query_idx][:, None]  # [L*M, 1, h, w]
+        with torch.no_grad():
+            over = points["oversampled"]
+            uncertainty = -_sample(pred, over)[:, 0].abs()
+            chosen = uncertainty.topk(self.num_uncertain, dim=1).indices
+            chosen_points = torch.gather(over, 1, chosen[..., None].expand(-1, -1, 2))
+            if points["random"] is not None:
+                chosen_points = torch.cat([chosen_points, points["random"]], dim=1)
+            padded = torch.zeros(batch, max(len(t) for t in targets), *targets[0].shape[-2:], device=device)
+            for i, t in enumerate(targets):
+                padded[i, :len(t)] = t
+            per_layer = len(layer_idx) // layers
+            point_labels = torch.cat([
+                _sample(padded[image_idx[s], target_idx[s]][:, None], chosen_points[s])[:, 0]
+                for s in (slice(k * per_layer, (k + 1) * per_layer) for k in range(layers))
+            ]) if per_layer else chosen_points.new_zeros(0, self.num_points)
+        point_logits = _sample(pred, chosen_points)[:, 0]  # [L*M, P]
+        bce = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none").mean(1)
+        probs = point_logits.sigmoid()
+        dice = 1 - (2 * (probs * point_labels).sum(-1) + 1) / (probs.sum(-1) + point_labels.sum(-1) + 1)
+        bce, dice = bce.view(layers, -1), dice.view(layers, -1)
+        terms: dict[str, torch.Tensor] = {}
+        for layer, per_image in enumerate(matches):
+            target_classes = torch.full((batch, queries), self.num_classes, dtype=torch.int64, device=device)
+            for i, (q, t) in enumerate(per_image):
+                target_classes[i, q.to(device)] = classes[i][t.to(device)]
+            suffix = "" if layer == 0 else f"_{layer - 1}"
+            terms[f"loss_mask{suffix}"] = bce[layer].sum() / num_masks
+            terms[f"loss_dice{suffix}"] = dice[layer].sum() / num_masks
+            terms[f"loss_cross_entropy{suffix}"] = F.cross_entropy(class_logits[layer].transpose(1, 2),
+                                                                   target_classes, weight=self.class_weights)
+        return terms
 
     def _check(self, output: SegmentationOutput, masks: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]):
         batch = output.class_logits.shape[0]

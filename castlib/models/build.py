@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_model
+from safetensors.torch import load_file, load_model
 
 from castlib.config import Config, load_config
 from castlib.data.classes import CLASS_LISTS
@@ -78,3 +78,24 @@ def build_model(cfg: Config, which: str, num_classes: int,
         return _load_checkpoint(Path(pretrained), which, num_classes)
     load = cfg.model.pretrained if pretrained is None else bool(pretrained)
     return _construct(cfg, which, num_classes, _class_names(cfg, which, num_classes), load)
+
+
+def load_weights(model: SegmentationModel, directory: str | os.PathLike, prefix: str = "") -> SegmentationModel:
+    """Copy into ``model`` the weights whose names start with ``prefix`` from a folder written by
+    ``save_pretrained``: all of them (``""``, the teacher's stand-in) or one part (``"encoder."``, a student's or
+    baseline's pretrained backbone). The rest of ``model`` keeps its weights and its own config (trainable parts
+    included). Every weight under ``prefix`` must be there with the model's shape."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise DataError(path, "no weights here (not a folder written by save_pretrained)")
+    saved = {k: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    found = {own[k].untyped_storage().data_ptr() for k in saved.keys() & own.keys()}
+    missing = sorted(k for k in set(own) - set(saved) if own[k].untyped_storage().data_ptr() not in found)  # tied
+    misfit = sorted(k for k in saved.keys() & own.keys() if saved[k].shape != own[k].shape)
+    unexpected = sorted(set(saved) - set(own))
+    if missing or misfit or unexpected:
+        raise DataError(path, f"the weights under '{prefix}' do not fit the model: missing {missing[:5]}, "
+                              f"other shapes {misfit[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict(saved, strict=False)
+    return model

@@ -1,0 +1,121 @@
+"""The source-pretrained stand-in for the foundation models (issue 13; DESIGN 2), for the smoke and mini profiles.
+
+The paper's teacher starts from Grounding DINO + SAM2 and its student from DINOv2, all pretrained on broad data,
+and Table 2's small rates assume those weights. None can be downloaded here, so with ``model.stand_in: true`` the
+kit makes its own: two stages train on the *source* synthetic domain (:mod:`castlib.data.domains`: other palette,
+textures, light, camera; more images; full labels) and the pipeline then starts on the shifted *target* domain
+from their weights:
+
+    pretrain_teacher(cfg)              the teacher, every part training          -> theta_T^0 (teacher_init)
+    pretrain_backbone(cfg, backbone)   a student-architecture model per backbone -> its encoder, the pretrained
+                                       backbone of the student (``model.student_backbone``) and of the Table 8
+                                       baselines (``model.baseline_backbone``)
+
+Both are runs of the registry (trained once for every seed and label fraction, reused, resumable) and are
+evaluated on the source validation set. :func:`stand_in_inputs` and :func:`initial_model` are what a stage calls:
+the first names the stand-in run among the stage's inputs (so the stage's id follows it), the second builds the
+stage's model from the target config and loads the stand-in's weights into it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from castlib.config import Config
+from castlib.data.datasets import InstanceDataset
+from castlib.data.loaders import build_dataset, is_synthetic
+from castlib.data.transforms import train_views
+from castlib.engine import stages
+from castlib.engine.runs import Run
+from castlib.errors import ConfigError
+from castlib.models import SegmentationModel, Student, Teacher, build_model
+from castlib.models.build import load_weights
+
+# Every teacher part trains on the source domain; SAM2's extra mask heads serve multimask output only (no gradient).
+TEACHER_PRETRAIN_PARTS = [part for part in Teacher.parts if part != "segmenter.multimask_heads"]
+
+
+def source_config(cfg: Config) -> Config:
+    """``cfg`` on the source domain: its synthetic set renamed ``<name>-source``, drawn in the source style with
+    the ``data.synthetic.source`` image counts, and every model part training."""
+    if not is_synthetic(cfg):
+        raise ConfigError(None, "model.stand_in", "the source-domain stand-in needs the synthetic sets (smoke, mini "
+                                                  "profiles); on real data use the hub weights (model.pretrained)")
+    if cfg.model.pretrained:
+        raise ConfigError(None, "model.stand_in", "model.pretrained (hub weights) and model.stand_in (source-domain "
+                                                  "weights) exclude each other; set one of them to false")
+    source = copy.deepcopy(cfg)
+    syn, dataset = source.data.synthetic, cfg.data.dataset
+    syn.name, syn.domain = f"{syn.name}-source", "source"
+    syn[dataset] = Config({**syn[dataset], **syn.source[dataset]})
+    source.model.stand_in = False
+    source.model.trainable = ["encoder", "decoder"]
+    source.model.teacher.trainable = list(TEACHER_PRETRAIN_PARTS)
+    return source
+
+
+def _section(cfg: Config) -> Config:
+    """``train.pretrain`` in the form the fitting routine reads (one rate for every parameter, no L_pxl)."""
+    p = cfg.train.pretrain
+    return Config({"lr": p.lr, "encoder_lr": p.lr, "decoder_lr": p.lr, "weight_decay": p.weight_decay,
+                   "schedule": p.schedule, "power": p.power, "grad_clip": p.grad_clip, "batch_size": p.batch_size,
+                   "contrastive_weight": 0.0, "semi_weight": 0.0})
+
+
+def _source_train(source: Config) -> InstanceDataset:
+    """Every source training image with its full labels (no labelled / unlabelled split)."""
+    return build_dataset(source, "train", transform=train_views(source.augment, strong=False))
+
+
+def pretrain_teacher(cfg: Config) -> Run:
+    """The teacher stand-in (Grounding DINO + SAM2): every part trained on the source domain with the teacher's
+    own supervised loss for ``train.pretrain.teacher_iterations``."""
+    source, seed = source_config(cfg), cfg.train.pretrain.seed
+    run, ctx = stages._start(source, "pretrain_teacher", {}, seed)
+    if stages._done(run):
+        return run
+    stages._seed_everything(seed)
+    model = build_model(source, "teacher", stages._num_classes(source), pretrained=False).to(ctx.device)
+    return stages._fit(source, run, ctx, model, "pretrain_teacher", "teacher", cfg.train.pretrain.teacher_iterations,
+                       None, False, seed, section=_section(cfg), labelled=_source_train(source))
+
+
+def pretrain_backbone(cfg: Config, backbone: str) -> Run:
+    """The pretrained backbone ``model.backbones.<backbone>`` (DINOv2 / ResNet stand-in): a model of the student's
+    architecture on that encoder, every part trained on the source domain with the set criterion for
+    ``train.pretrain.backbone_iterations``; its encoder is what the student or baseline starts from."""
+    source, seed = source_config(cfg), cfg.train.pretrain.seed
+    source.model.baseline_backbone = backbone
+    run, ctx = stages._start(source, "pretrain_backbone", {}, seed, backbone=backbone)
+    if stages._done(run):
+        return run
+    stages._seed_everything(seed)
+    model = build_model(source, "baseline", stages._num_classes(source), pretrained=False).to(ctx.device)
+    return stages._fit(source, run, ctx, model, "pretrain_backbone", "student",
+                       cfg.train.pretrain.backbone_iterations, None, False, seed, section=_section(cfg),
+                       labelled=_source_train(source))
+
+
+def _backbone(cfg: Config, which: str) -> str:
+    return cfg.model.student_backbone if which == "student" else cfg.model.baseline_backbone
+
+
+def stand_in_inputs(cfg: Config, which: str) -> dict[str, Run]:
+    """``{"stand_in": run}``, the complete pretrain run that ``which`` (teacher, student, baseline) starts from when
+    ``model.stand_in`` is on (trained first if needed); ``{}`` when it is off."""
+    if not cfg.model.stand_in:
+        return {}
+    run = pretrain_teacher(cfg) if which == "teacher" else pretrain_backbone(cfg, _backbone(cfg, which))
+    return {"stand_in": run}
+
+
+def initial_model(cfg: Config, which: str, inputs: dict[str, Run]) -> SegmentationModel:
+    """``which`` built from ``cfg`` (its sizes and trainable parts), with the stand-in's weights of
+    ``inputs["stand_in"]`` when there is one: all of them for the teacher (theta_T^0), the encoder's for a student
+    or baseline (its decoders start from the seed's random draw, as the paper's start from DINOv2 alone)."""
+    model = build_model(cfg, which, stages._num_classes(cfg))
+    stand_in = inputs.get("stand_in")
+    if stand_in is None:
+        return model
+    prefix = "" if which == "teacher" else Student.parts["encoder"][0]
+    return load_weights(model, stand_in.require_complete().model_dir, prefix)
