@@ -104,7 +104,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     from castlib.engine.plan import measure_step_times, plan_frame, planning, registry_step_times
     from castlib.engine.runs import runs_dir
-    from castlib.report.ablations import guided_distillation_or_none, build_table
+    from castlib.report.ablations import build_table, guided_distillation_or_none
 
     cfg = config_from_args(args)
     with planning() as plan:
