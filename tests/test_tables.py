@@ -157,7 +157,7 @@ def test_plan_lists_shared_and_complete_runs_and_trains_nothing(cfg, built, caps
         for number in (4, 8):
             with plan.requested_by(f"Table {number}"):
                 ablations.build_table(cfg, number, train=False)
-    frame = plan_frame(plan, registry_step_times(runs_dir(cfg), cfg.profile)).set_index("run")
+    frame = plan_frame(plan, registry_step_times(runs_dir(cfg), cfg.profile, cfg.data.dataset)).set_index("run")
     cast_runs = stages.cast(cfg, 0)
     for name in ("teacher", "student", "refined"):
         row = frame.loc[cast_runs[name].id]

@@ -132,15 +132,16 @@ def wall_seconds(run: Run) -> float | None:
     return (datetime.fromisoformat(finished) - datetime.fromisoformat(created)).total_seconds()
 
 
-def registry_step_times(root: Path, profile: str) -> dict[str, float]:
-    """Per stage, seconds per unit of work over the complete runs of ``profile`` under ``root`` (median):
+def registry_step_times(root: Path, profile: str, dataset: str) -> dict[str, float]:
+    """Per stage, seconds per unit of work over the complete runs of ``profile`` on ``dataset`` under ``root``
+    (median):
     training stages per iteration (their logged step time), the others per run (``run.json`` to
     ``complete.json``: teacher_init's evaluation, a pseudo-labelling pass over D_u)."""
     found: dict[str, list[float]] = {}
     for info_path in sorted(root.glob("*/run.json")):
         run = Run(info_path.parent.name, info_path.parent)
         info = json.loads(info_path.read_text())
-        if info.get("profile") != profile or not run.complete:
+        if info.get("profile") != profile or not run.complete or run.config().data.dataset != dataset:
             continue
         seconds = logged_step_time(run) if info["stage"] not in _PER_RUN_STAGES else wall_seconds(run)
         if seconds is not None:
@@ -195,4 +196,4 @@ def measure_step_times(cfg: Config, steps: int = 3) -> dict[str, float]:
     t.log_every = 1
     short.runs_dir = str(root)
     stages.cast(short)
-    return registry_step_times(root, cfg.profile)
+    return registry_step_times(root, cfg.profile, cfg.data.dataset)
