@@ -123,12 +123,14 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from castlib.report.ablations import build_table
 
     cfg = config_from_args(args)
+    if args.tables is None:  # Table 8 varies the Cityscapes label fraction
+        args.tables = [3, 4, 5, 6, 7] + ([8] if cfg.data.dataset == "cityscapes" else [])
     with planning() as plan:
         for number in args.tables:
             with plan.requested_by(f"Table {number}"):
                 build_table(cfg, number, train=False)
-    step_times = registry_step_times(runs_dir(cfg), cfg.profile)
-    source = f"logged by complete {cfg.profile} runs in {runs_dir(cfg)}"
+    step_times = registry_step_times(runs_dir(cfg), cfg.profile, cfg.data.dataset)
+    source = f"timed by complete {cfg.profile} {cfg.data.dataset} runs in {runs_dir(cfg)}"
     if args.measure_steps:
         step_times = measure_step_times(cfg, args.measure_steps) | step_times
         source += f", else measured by {args.measure_steps}-step runs in {runs_dir(cfg) / 'step_time'}"
@@ -230,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="the runs Tables 3-8 need, which are shared and complete, estimated compute")
     add_config_arguments(p)
-    p.add_argument("--tables", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8], choices=range(3, 9), metavar="N")
+    p.add_argument("--tables", type=int, nargs="+", choices=range(3, 9), metavar="N",
+                   help="default: 3-8 (3-7 on ADE20K)")
     p.add_argument("--measure-steps", type=int, default=0, metavar="N",
                    help="time stages no complete run has logged by training N steps each into <runs_dir>/step_time")
     p.set_defaults(func=cmd_plan)

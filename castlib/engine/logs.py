@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from castlib.io import write_text_atomic
+
+TIMING_FILE = "timing.json"  # training seconds and the iterations they cover, written with each checkpoint
+
+
+def read_timing(run_dir: str | Path) -> dict:
+    """A run's ``timing.json`` (``{"iterations": n, "seconds": s}``: the time of the forward, backward and
+    optimiser steps of n iterations, resumed runs included), or zeros where the run has none. Kept out of
+    ``log.csv`` and ``metrics.json`` so that those stay identical between a resumed and an uninterrupted run."""
+    path = Path(run_dir) / TIMING_FILE
+    return json.loads(path.read_text()) if path.is_file() else {"iterations": 0, "seconds": 0.0}
 
 
 class TrainingLog:

@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from castlib.engine.checkpoint import load_checkpoint, restore, save_checkpoint
 from castlib.engine.distributed import Context, all_reduce_mean, barrier
-from castlib.engine.logs import TrainingLog
+from castlib.engine.logs import TIMING_FILE, TrainingLog, read_timing
 from castlib.engine.optim import clip_gradients
 from castlib.engine.runs import Run
+from castlib.io import write_json_atomic
 
 StepFn = Callable[[int], Mapping[str, torch.Tensor]]
 
@@ -45,6 +46,7 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
         start = restore(state, model=model, optimizer=optimizer, scheduler=scheduler, extra=extra_state)
         values = dict(state.get("values", {}))  # a run killed after its last checkpoint reports the same summary
     log = TrainingLog(run.dir / "log.csv", resume_from=start) if ctx.is_main else None
+    timing = read_timing(run.dir) if start > 0 else {"iterations": 0, "seconds": 0.0}
     step = step_factory(start)
     bar = tqdm(total=iterations, initial=start, desc=desc, disable=not ctx.is_main, dynamic_ncols=True,
                mininterval=1.0)
@@ -58,12 +60,12 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
         grad_norm = clip_gradients(model.parameters(), grad_clip)
         optimizer.step()
         scheduler.step()
+        timing = {"iterations": timing["iterations"] + 1, "seconds": timing["seconds"] + time.perf_counter() - started}
         values = {k: all_reduce_mean(torch.as_tensor(v, dtype=torch.float32, device=ctx.device), ctx).item()
                   for k, v in losses.items()}
         if grad_norm is not None:
             values["grad_norm"] = float(grad_norm)
         values.update(lrs)
-        values["time/step"] = time.perf_counter() - started  # seconds of this iteration (plans, Tables 4 and 7)
         bar.update(1)
         bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
         if log is not None and ((it + 1) % log_every == 0 or it + 1 == iterations):
@@ -73,6 +75,7 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
                 save_checkpoint(run.checkpoint, iteration=it + 1, model=model, optimizer=optimizer,
                                 scheduler=scheduler, extra=extra_state, values=values)
                 log.flush()
+                write_json_atomic(run.dir / TIMING_FILE, timing)
             barrier(ctx)
     bar.close()
     if log is not None:

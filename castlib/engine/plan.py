@@ -6,9 +6,9 @@ the run, complete or not, without preparing data or training anything. The table
 stage functions in both modes, so the plan of a table is the table's own wiring, never a copy of it.
 
 Compute estimate: the profile's iterations per stage (:data:`STAGE_ITERATIONS`) times a step time per
-stage, taken from the ``time/step`` column of completed runs' ``log.csv`` in the registry; where no run
-of a stage is complete, :func:`measure_step_times` trains the pipeline for a few steps into
-``<runs_dir>/step_time/`` (the registry caches it) and reads those logs.
+stage, taken from the ``timing.json`` that training writes into each run (:func:`castlib.engine.logs.read_timing`)
+of the completed runs in the registry; where no run of a stage is complete, :func:`measure_step_times` trains
+the pipeline for a few steps into ``<runs_dir>/step_time/`` (the registry caches it) and reads those.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
-import csv
 import json
 import statistics
 from collections.abc import Callable, Iterator
@@ -27,9 +26,9 @@ from pathlib import Path
 import pandas as pd
 
 from castlib.config import Config
+from castlib.engine.logs import read_timing
 from castlib.engine.runs import Run, runs_dir
 
-STEP_TIME_COLUMN = "time/step"  # seconds per training iteration, logged by castlib.engine.loop.train
 STEP_TIME_DIR = "step_time"     # under runs_dir: the short runs that measure step times
 
 # Training iterations of each stage from the profile (section D; pseudo-labelling and teacher_init train none).
@@ -113,13 +112,9 @@ def planning() -> Iterator[Plan]:
 
 
 def logged_step_time(run: Run) -> float | None:
-    """Median seconds per iteration in a run's ``log.csv`` (``None`` without a timed log)."""
-    path = run.dir / "log.csv"
-    if not path.is_file():
-        return None
-    with open(path, newline="") as f:
-        times = [float(row[STEP_TIME_COLUMN]) for row in csv.DictReader(f) if row.get(STEP_TIME_COLUMN)]
-    return statistics.median(times) if times else None
+    """Seconds per training iteration from a run's own ``timing.json`` (``None`` where it timed none)."""
+    timing = read_timing(run.dir)
+    return timing["seconds"] / timing["iterations"] if timing["iterations"] else None
 
 
 def training_seconds(run: Run) -> float | None:
@@ -139,15 +134,16 @@ def wall_seconds(run: Run) -> float | None:
     return (datetime.fromisoformat(finished) - datetime.fromisoformat(created)).total_seconds()
 
 
-def registry_step_times(root: Path, profile: str) -> dict[str, float]:
-    """Per stage, seconds per unit of work over the complete runs of ``profile`` under ``root`` (median):
+def registry_step_times(root: Path, profile: str, dataset: str) -> dict[str, float]:
+    """Per stage, seconds per unit of work over the complete runs of ``profile`` on ``dataset`` under ``root``
+    (median):
     training stages per iteration (their logged step time), the others per run (``run.json`` to
     ``complete.json``: teacher_init's evaluation, a pseudo-labelling pass over D_u)."""
     found: dict[str, list[float]] = {}
     for info_path in sorted(root.glob("*/run.json")):
         run = Run(info_path.parent.name, info_path.parent)
         info = json.loads(info_path.read_text())
-        if info.get("profile") != profile or not run.complete:
+        if info.get("profile") != profile or not run.complete or run.config().data.dataset != dataset:
             continue
         seconds = logged_step_time(run) if info["stage"] not in _PER_RUN_STAGES else wall_seconds(run)
         if seconds is not None:
@@ -165,6 +161,10 @@ def estimated_seconds(planned: PlannedRun, step_times: dict[str, float]) -> floa
     return unit if planned.stage in _PER_RUN_STAGES else unit * planned.iterations
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
+
+
 def _table_of(label: str) -> str:
     """``"Table 4 hinge"`` -> ``"Table 4"``; another label stands for itself."""
     words = label.split()
@@ -179,7 +179,7 @@ def plan_frame(plan: Plan, step_times: dict[str, float]) -> pd.DataFrame:
         tables = list(dict.fromkeys(_table_of(label) for label in planned.needed_by))
         rows.append({"run": planned.run.id, "stage": planned.stage, "seed": planned.seed,
                      "iterations": planned.iterations, "complete": planned.complete,
-                     "estimated s": estimated_seconds(planned, step_times), "tables": ", ".join(tables),
+                     "estimated s": _rounded(estimated_seconds(planned, step_times)), "tables": ", ".join(tables),
                      "shared": len(tables) > 1, "needed by": "; ".join(planned.needed_by)})
     return pd.DataFrame(rows)
 
@@ -198,4 +198,4 @@ def measure_step_times(cfg: Config, steps: int = 3) -> dict[str, float]:
     t.log_every = 1
     short.runs_dir = str(root)
     stages.cast(short)
-    return registry_step_times(root, cfg.profile)
+    return registry_step_times(root, cfg.profile, cfg.data.dataset)

@@ -9,6 +9,7 @@ and a seed. Its id is a hash of those, so asking twice for the same run finds th
     ``checkpoints/``   ``last.pt`` (resumable training state)
     ``log.csv``        every loss term and learning rate per logged iteration
     ``metrics.json``   the final metrics
+    ``timing.json``    training seconds and the iterations they cover (plans, training-time ratios)
     ``model/``         the final weights (``save_pretrained`` layout)
     ``pseudo_labels/`` (pseudo-label runs) annotations in the dataset's own format
     ``complete.json``  written last: a run with it is reused, never retrained

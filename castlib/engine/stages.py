@@ -10,6 +10,7 @@ complete run with the same stage, config, inputs and seed exists (then nothing i
     p  = pseudo_labels(cfg, tB)                   pseudo-labels on D_u from the frozen theta_T''
     s  = knowledge_transfer(cfg, p)               student: L_sup + l_semi L_semi + l_pxl L_pxl -> theta_s*
     r  = student_refinement(cfg, s)               labels alone: L_sup -> theta_s+
+    student_under(cfg, t0)                        pseudo-labels, student and refinement under any teacher (Table 6)
 
 ``teacher_adaptation(cfg, variant)`` chains the teacher steps for the three variants of supplementary
 Table 3, and ``cast(cfg)`` the whole pipeline. Each training run ends with an evaluation on the

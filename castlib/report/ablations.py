@@ -100,10 +100,6 @@ def _metric(run: Run | None, key: str = "ap") -> float | None:
     return float(run.metrics[key]) if run is not None and run.complete else None
 
 
-def _training_seconds(run: Run) -> float | None:
-    return training_seconds(run) if run.complete else None
-
-
 def _ratio(numerators: Sequence[float | None], denominators: Sequence[float | None]) -> _Cell:
     return _Cell([n / d if n is not None and d else None for n, d in zip(numerators, denominators, strict=True)])
 
@@ -124,11 +120,9 @@ def _row(variant: str, cells: Mapping[str, _Cell], paper_values: Mapping[str, An
     return row
 
 
-@contextlib.contextmanager
-def _building(train: bool) -> Iterator[None]:
+def _building(train: bool) -> contextlib.AbstractContextManager:
     """Train what is missing (``train``) or only look the runs up (planning mode)."""
-    with contextlib.nullcontext() if train else planning():
-        yield
+    return contextlib.nullcontext() if train else planning()
 
 
 @contextlib.contextmanager
@@ -164,13 +158,13 @@ def _student_variants(cfg: Config, number: int, key: str, variants: Mapping[str,
             variant_cfg = with_student_contrastive(cfg, key, variant)
             with _requested_by(f"Table {number} {variant}"):
                 per_variant[variant] = [stages.cast(variant_cfg, seed) for seed in cfg.seeds]
-        reference = [_training_seconds(r["student"]) for r in per_variant[next(iter(variants))]]
+        reference = [training_seconds(r["student"]) for r in per_variant[next(iter(variants))]]
         for variant, pipelines in per_variant.items():
             cells = {"AP": _Cell([_metric(p["refined"]) for p in pipelines]),
                      "AP50": _Cell([_metric(p["refined"], "ap50") for p in pipelines])}
             paper_values = {"AP": variants[variant]["ap"], "AP50": variants[variant]["ap50"]}
             if time_ratio is not None:
-                cells["train time ratio"] = _ratio([_training_seconds(p["student"]) for p in pipelines], reference)
+                cells["train time ratio"] = _ratio([training_seconds(p["student"]) for p in pipelines], reference)
                 paper_values["train time ratio"] = time_ratio[1] if variant == time_ratio[0] else 1.0
             runs = [run for p in pipelines for run in p.values()]
             every += runs

@@ -1,0 +1,191 @@
+"""Supplementary Tables 3-8 from the stages: one row per variant beside the paper, missing runs "not run",
+runs shared between tables (the CAST teacher trained once per seed), the plan, and the command line."""
+
+from __future__ import annotations
+
+import collections
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from castlib import paper
+from castlib.__main__ import main
+from castlib.config import load_config
+from castlib.engine import stages
+from castlib.engine.logs import read_timing
+from castlib.engine.plan import plan_frame, planning, registry_step_times
+from castlib.engine.runs import runs_dir
+from castlib.report import ablations
+from castlib.report.tables import write_table
+
+VARIANTS = {
+    3: list(paper.TABLE3_TEACHER_ADAPTATION),
+    4: list(paper.TABLE4_LOSS_VARIANT),
+    5: list(paper.TABLE5_DEBIAS_SCORE),
+    6: list(paper.TABLE6_TEACHER_CHOICE),
+    7: list(paper.TABLE7_SAMPLING_SCOPE),
+    8: ["cast_dinov2_s", "gd_resnet50", "gd_dinov2_b", "gd_dinov2_l"],
+}
+
+
+def _overrides(root: Path) -> list[str]:
+    """The smoke profile cut to the bone: one seed, 8 + 2 images, one or two iterations per stage."""
+    return [f"runs_dir={root / 'runs'}", f"data.data_dir={root / 'data'}", f"data.splits_dir={root / 'splits'}",
+            "seeds=[0]", "data.synthetic.cityscapes.train=8", "data.synthetic.cityscapes.val=2",
+            "train.teacher.finetune_iterations=1", "train.teacher.self_training_iterations=1",
+            "train.student.iterations=2", "train.refinement.iterations=1"]
+
+
+def _run_folders(cfg) -> set[str]:
+    root = runs_dir(cfg)
+    return {p.parent.name for p in root.glob("*/run.json")} if root.is_dir() else set()
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    from castlib.data.loaders import make_splits, prepare_data
+
+    config = load_config("smoke", _overrides(tmp_path_factory.mktemp("tables")))
+    prepare_data(config)
+    make_splits(config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def built(cfg):
+    """Tables 3-7 built in order, training what is missing; per table the runs it trained and created."""
+    trained: list[tuple[str, str]] = []
+    original = stages.train
+
+    def counting_train(run, *args, **kwargs):
+        trained.append((run.id, run.info["stage"]))
+        return original(run, *args, **kwargs)
+
+    stages.train = counting_train
+    try:
+        tables, new_runs, trained_by = {}, {}, {}
+        for number in (3, 4, 5, 6, 7):
+            before, start = _run_folders(cfg), len(trained)
+            tables[number] = ablations.build_table(cfg, number)
+            new_runs[number] = _run_folders(cfg) - before
+            trained_by[number] = trained[start:]
+    finally:
+        stages.train = original
+    return {"tables": tables, "new_runs": new_runs, "trained": trained, "trained_by": trained_by}
+
+
+def test_missing_runs_read_not_run_and_nothing_is_trained_or_written(tmp_path):
+    empty = load_config("smoke", _overrides(tmp_path))
+    for number, variants in VARIANTS.items():
+        table = ablations.build_table(empty, number, train=False)
+        assert list(table.variant) == variants
+        assert (table["n seeds"] == 0).all()
+        reproduced = [c for c in table.attrs["display_columns"]
+                      if c not in ("variant", "n seeds") and not c.startswith("paper ")]
+        for column in reproduced:
+            assert list(table[column]) == [ablations.NOT_RUN] * len(table), (number, column)
+    assert not runs_dir(empty).exists() and not (tmp_path / "data").exists()
+
+
+def test_each_table_has_one_row_per_variant_beside_the_paper(built):
+    paper_ap = {4: paper.TABLE4_LOSS_VARIANT, 5: paper.TABLE5_DEBIAS_SCORE, 6: paper.TABLE6_TEACHER_CHOICE,
+                7: paper.TABLE7_SAMPLING_SCOPE}
+    for number, table in built["tables"].items():
+        assert list(table.variant) == VARIANTS[number]
+        assert (table["n seeds"] == 1).all() and table.runs.str.len().gt(0).all()
+        if number == 3:
+            values = paper.TABLE3_TEACHER_ADAPTATION.values()
+            assert list(table["paper student AP"]) == [v["student_ap"] for v in values]
+            assert list(table["paper teacher AP"]) == [v["teacher_ap"] for v in values]
+            means = table[["teacher AP mean", "student AP mean"]].to_numpy().ravel()
+        else:
+            assert list(table["paper AP"]) == [v["ap"] for v in paper_ap[number].values()]
+            assert list(table["paper AP50"]) == [v["ap50"] for v in paper_ap[number].values()]
+            means = table[["AP mean", "AP50 mean"]].to_numpy().ravel()
+        assert all(0.0 <= m <= 100.0 for m in means)
+        assert table.attrs["profile"] == "smoke" and table.attrs["seeds"] == [0]
+        assert any("theta_s+" in note for note in table.attrs["notes"])
+
+
+def test_tables_3_to_7_train_the_cast_teacher_once_and_4_5_7_add_only_student_runs(cfg, built):
+    counts = collections.Counter(run_id for run_id, _ in built["trained"])
+    assert max(counts.values()) == 1  # no run is trained twice
+    cast_teacher = stages.teacher_adaptation(cfg, seed=0)
+    assert counts[cast_teacher.id] == 1
+    assert (cast_teacher.id, "teacher_self_training") in built["trained_by"][3]
+    for number in (4, 5, 7):
+        extra_variants = len(VARIANTS[number]) - 1  # the default row is the CAST student of Table 3
+        stages_trained = sorted(stage for _, stage in built["trained_by"][number])
+        assert stages_trained == sorted(["knowledge_transfer", "student_refinement"] * extra_variants), number
+        assert len(built["new_runs"][number]) == 2 * extra_variants
+    # Table 6: the student under T1 is new (its pseudo-labels too); both teachers and the student under T2 exist.
+    assert sorted(stage for _, stage in built["trained_by"][6]) == ["knowledge_transfer", "student_refinement"]
+    assert len(built["new_runs"][6]) == 3
+
+
+def test_training_time_ratios_come_from_the_runs_own_logs(built):
+    for number, paper_ratio in ((4, paper.TRAINING_TIME_RATIO["hinge_vs_infonce"]),
+                                (7, paper.TRAINING_TIME_RATIO["memory_bank_vs_batch"])):
+        table = built["tables"][number]
+        ratios = table["train time ratio mean"].tolist()
+        assert ratios[0] == pytest.approx(1.0) and 0.0 < ratios[1] < math.inf
+        assert table["paper train time ratio"].tolist() == [1.0, paper_ratio]
+
+
+def test_write_table_records_provenance_and_the_runs_of_each_row(built, tmp_path):
+    table = built["tables"][4]
+    csv, md = write_table(table, tmp_path / "table4")
+    header = [line for line in csv.read_text().splitlines() if line.startswith("# ")]
+    for key in ("profile: smoke", "dataset: cityscapes", "seeds: 0", "hardware:", "torch:", "commit:", "wall time:"):
+        assert any(line.startswith(f"# {key}") for line in header), key
+    back = pd.read_csv(csv, comment="#")
+    assert list(back.variant) == list(table.variant) and list(back.runs) == list(table.runs)
+    text = md.read_text()
+    assert "Provenance:" in text and "m = 0.1" in text and "caption 0.2" in text
+    for row in table.itertuples():
+        assert f"- {row.variant}: {row.runs}" in text
+
+
+def test_plan_lists_shared_and_complete_runs_and_trains_nothing(cfg, built, capsys):
+    before = _run_folders(cfg)
+    with planning() as plan:
+        for number in (4, 8):
+            with plan.requested_by(f"Table {number}"):
+                ablations.build_table(cfg, number, train=False)
+    frame = plan_frame(plan, registry_step_times(runs_dir(cfg), cfg.profile, cfg.data.dataset)).set_index("run")
+    cast_runs = stages.cast(cfg, 0)
+    for name in ("teacher", "student", "refined"):
+        row = frame.loc[cast_runs[name].id]
+        assert row.complete and row.shared and row.tables == "Table 4, Table 8", name
+    hinge = built["tables"][4].set_index("variant").loc["hinge", "runs"].split()
+    assert frame.loc[hinge[-1]].complete and not frame.loc[hinge[-1]].shared
+    other_fractions = frame[frame["needed by"].str.contains("5% labels|30% labels")]
+    assert len(other_fractions) and not other_fractions.complete.any()
+    missing_training = other_fractions[other_fractions.iterations > 0]
+    assert (missing_training["estimated s"] > 0).all()  # step times from the complete runs' timing.json
+    assert _run_folders(cfg) == before
+    timing = read_timing(cast_runs["student"].dir)
+    assert timing["iterations"] == cfg.train.student.iterations and timing["seconds"] > 0
+
+    args = ["plan", "--profile", "smoke", *[a for o in _overrides(Path(cfg.runs_dir).parent) for a in ("--set", o)],
+            "--tables", "4", "8"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    shared, complete = int(frame.shared.sum()), int(frame.complete.sum())
+    assert f"{len(frame)} runs, {shared} shared by several tables, {complete} complete" in out
+    assert _run_folders(cfg) == before
+
+
+def test_table_and_train_commands(cfg, built, tmp_path, capsys):
+    sets = [a for o in _overrides(Path(cfg.runs_dir).parent) for a in ("--set", o)]
+    assert main(["table", "6", *sets, "--out", str(tmp_path), "--no-train"]) == 0
+    out = capsys.readouterr().out
+    assert "student_under_t1" in out and (tmp_path / "table6.csv").is_file() and (tmp_path / "table6.md").is_file()
+    assert main(["train", *sets, "--stage", "cast", "--teacher", "zero_shot", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    under_t1 = built["tables"][6].set_index("variant").loc["student_under_t1", "runs"].split()
+    refined_line = next(line for line in out.splitlines() if line.startswith("refined:"))
+    assert under_t1[-1] in refined_line
+    assert main(["train", *sets, "--stage", "teacher_finetune", "--teacher", "zero_shot"]) == 2
