@@ -238,12 +238,13 @@ class _Interrupted(Exception):
 def test_an_interrupted_run_resumes_across_the_hand_over_to_the_same_weights(resnet_run, workspace, tmp_path,
                                                                                monkeypatch):
     """Stage 2 interrupted right after the checkpoint of iteration 2 (= burn_in_iterations), then requested again,
-    against the uninterrupted smoke run (the stage-1 teacher run is copied, so only stage 2 trains here)."""
+    against the uninterrupted smoke run (the stage-1 teacher and stand-in runs are copied, so only stage 2 trains here)."""
     straight = resnet_run
     teacher = straight.info["inputs"]["teacher"]
     shutil.copytree(workspace / "data", tmp_path / "data")
     shutil.copytree(workspace / "splits", tmp_path / "splits")
-    shutil.copytree(workspace / "runs" / teacher, tmp_path / "runs" / teacher)
+    for run in (teacher, straight.info["inputs"]["stand_in"]):  # the backbone stand-in too: only stage 2 trains
+        shutil.copytree(workspace / "runs" / run, tmp_path / "runs" / run)
     cfg = load_config("smoke", _overrides(tmp_path))
     save, saved = loop.save_checkpoint, []
 

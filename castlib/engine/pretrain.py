@@ -23,9 +23,10 @@ import copy
 
 from castlib.config import Config
 from castlib.data.datasets import InstanceDataset
-from castlib.data.loaders import build_dataset, is_synthetic
+from castlib.data.loaders import build_dataset
 from castlib.data.transforms import train_views
 from castlib.engine import stages
+from castlib.engine.plan import current_plan
 from castlib.engine.runs import Run
 from castlib.errors import ConfigError
 from castlib.models import SegmentationModel, Student, Teacher, build_model
@@ -38,13 +39,11 @@ TEACHER_PRETRAIN_PARTS = [part for part in Teacher.parts if part != "segmenter.m
 def source_config(cfg: Config) -> Config:
     """``cfg`` on the source domain: its synthetic set renamed ``<name>-source``, drawn in the source style with
     the ``data.synthetic.source`` image counts, and every model part training."""
-    if not is_synthetic(cfg):
-        raise ConfigError(None, "model.stand_in", "the source-domain stand-in needs the synthetic sets (smoke, mini "
-                                                  "profiles); on real data use the hub weights (model.pretrained)")
     if cfg.model.pretrained:
         raise ConfigError(None, "model.stand_in", "model.pretrained (hub weights) and model.stand_in (source-domain "
                                                   "weights) exclude each other; set one of them to false")
     source = copy.deepcopy(cfg)
+    source.data.root = None  # the source domain is always synthetic, whatever the target (a real root too)
     syn, dataset = source.data.synthetic, cfg.data.dataset
     syn.name, syn.domain = f"{syn.name}-source", "source"
     syn[dataset] = Config({**syn[dataset], **syn.source[dataset]})
@@ -105,6 +104,8 @@ def stand_in_inputs(cfg: Config, which: str) -> dict[str, Run]:
     ``model.stand_in`` is on (trained first if needed); ``{}`` when it is off."""
     if not cfg.model.stand_in:
         return {}
+    if current_plan() is None:  # the target's data first: a bad split is one error before any pretraining
+        stages.check_data(cfg, "teacher_finetune" if which == "teacher" else "knowledge_transfer")
     run = pretrain_teacher(cfg) if which == "teacher" else pretrain_backbone(cfg, _backbone(cfg, which))
     return {"stand_in": run}
 

@@ -147,6 +147,17 @@ def _check_inputs(cfg: Config, stage: str) -> None:
                                   "`python -m castlib prepare --force` or fix the file)")
 
 
+def check_data(cfg: Config, stage: str, ctx: D.Context | None = None) -> None:
+    """Make the dataset ready (rank 0 draws a synthetic set) and check what ``stage`` reads (:func:`_check_inputs`):
+    every stage does at its start, and a stage that first trains a stand-in does before that, so a bad split is
+    one error at once, not after the pretraining."""
+    ctx = D.init(cfg.device) if ctx is None else ctx
+    if ctx.is_main:
+        prepare_data(cfg)
+    D.barrier(ctx)
+    _check_inputs(cfg, stage)
+
+
 def input_digests(cfg: Config, stage: str) -> dict[str, str]:
     """The digests of the data ``stage`` reads, which enter its run id: the dataset, and the split files."""
     return {"dataset": data_digest(cfg)} | ({"splits": split_digest(cfg)} if stage != "teacher_init" else {})
@@ -160,10 +171,7 @@ def _start(cfg: Config, stage: str, inputs: Mapping[str, Run], seed: int, **opti
                          check_inputs=False, data=input_digests(cfg, stage))
         plan.record(cfg, run, stage, seed)
         return run, ctx
-    if ctx.is_main:
-        prepare_data(cfg)
-    D.barrier(ctx)
-    _check_inputs(cfg, stage)
+    check_data(cfg, stage, ctx)
     run = create_run(cfg, stage, stage_config(cfg, stage, **options), inputs, seed, write=ctx.is_main,
                      data=input_digests(cfg, stage))
     if run.complete and stage in _TRAINED_STAGES and not run.metrics.get("train", {}).get("iterations", 0) > 0:

@@ -86,7 +86,7 @@ def test_the_enum_lists_match_the_code():
 
 def _readme_commands() -> list[str]:
     text = (REPO_ROOT / "README.md").read_text()
-    spans = re.findall(r"python -m castlib [^`\n]*", text)
+    spans = [s.split(" #")[0].strip() for s in re.findall(r"python -m castlib [^`\n]*", text)]  # shell comments
     return [s for s in spans if not re.search(r"[{<\[]|\.\.\.|\bDIR\b|\bN\b|\bP\b", s)]
 
 

@@ -64,6 +64,9 @@ def test_an_empty_labelled_split_stops_the_stage_naming_the_file(cli, private, g
     code, err = cli("train", "--stage", "teacher_finetune", *private)
     assert code == 2 and err.startswith(f"error: {labelled}: the labelled split is empty"), err
     assert len(list((workspace / "results" / "runs").iterdir())) == 1  # the teacher_init run alone
+    code, err = cli("train", "--stage", "teacher_finetune", *private, "--set", "model.stand_in=true")
+    assert code == 2 and err.startswith(f"error: {labelled}: the labelled split is empty"), err  # before pretraining
+    assert len(list((workspace / "results" / "runs").iterdir())) == 1
     check.check()
 
 
