@@ -238,7 +238,7 @@ class _Interrupted(Exception):
 def test_an_interrupted_run_resumes_across_the_hand_over_to_the_same_weights(resnet_run, workspace, tmp_path,
                                                                                monkeypatch):
     """Stage 2 interrupted right after the checkpoint of iteration 2 (= burn_in_iterations), then requested again,
-    against the uninterrupted smoke run (the stage-1 teacher and stand-in runs are copied, so only stage 2 trains here)."""
+    against the uninterrupted smoke run (the stage-1 teacher and stand-in runs are copied: only stage 2 trains)."""
     straight = resnet_run
     teacher = straight.info["inputs"]["teacher"]
     shutil.copytree(workspace / "data", tmp_path / "data")

@@ -52,7 +52,8 @@ def guard(workspace):
 def private(workspace) -> list[str]:
     """``--set`` arguments sending the synthetic data, split files and runs into the workspace; runs start from
     random weights (the registry's reliability is tested here, the source-domain stand-in in test_pretrain)."""
-    pairs = {"model.stand_in": "false", "data.data_dir": workspace / "data", "data.splits_dir": workspace / "data_splits",
+    pairs = {"model.stand_in": "false", "data.data_dir": workspace / "data",
+             "data.splits_dir": workspace / "data_splits",
              "runs_dir": workspace / "results" / "runs", "data.synthetic.cityscapes.train": 12,
              "data.synthetic.cityscapes.val": 2, "data.synthetic.cityscapes.height": 64,
              "data.synthetic.cityscapes.width": 128}
