@@ -43,7 +43,8 @@ def _reproduce(root: Path) -> subprocess.Popen:
 
 
 def _outputs(root: Path) -> dict[str, object]:
-    """What the comparison covers: tables, the efficiency columns that are not timings, every run's metrics;
+    """What the comparison covers: the tables' cells but their measured time ratios (the provenance lines hold
+    wall times), the efficiency columns that are not timings, every run's metrics;
     the workspace's own path (metrics name the ground truth's folder) reads ``<root>``."""
     results = root / "results"
     out: dict[str, object] = {}
@@ -51,9 +52,9 @@ def _outputs(root: Path) -> dict[str, object]:
     def text(path: Path) -> str:
         return path.read_text().replace(str(root), "<root>")
 
-    for path in sorted((results / "tables").rglob("*")) if (results / "tables").is_dir() else []:
-        if path.is_file():
-            out[str(path.relative_to(results))] = text(path)
+    for path in sorted((results / "tables").glob("*.csv")):  # the cells; provenance lines and timings aside
+        table = pd.read_csv(path, comment="#")
+        out[str(path.relative_to(results))] = table[[c for c in table.columns if "time" not in c]].to_csv(index=False)
     for path in sorted((results / "efficiency").glob("*.csv")):
         out[str(path.relative_to(results))] = pd.read_csv(path)[EFFICIENCY_COLUMNS].to_csv(index=False)
     for path in sorted((results / "runs").glob("*/metrics.json")):
