@@ -33,7 +33,7 @@ VARIANTS = {
 def _overrides(root: Path) -> list[str]:
     """The smoke profile cut to the bone: one seed, 8 + 2 images, one or two iterations per stage."""
     return [f"runs_dir={root / 'runs'}", f"data.data_dir={root / 'data'}", f"data.splits_dir={root / 'splits'}",
-            "seeds=[0]", "data.synthetic.cityscapes.train=8", "data.synthetic.cityscapes.val=2",
+            "seeds=[0]", "data.synthetic.cityscapes.train=20", "data.synthetic.cityscapes.val=2",
             "train.teacher.finetune_iterations=1", "train.teacher.self_training_iterations=1",
             "train.student.iterations=2", "train.refinement.iterations=1"]
 
