@@ -58,7 +58,7 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
 
 
 TRAIN_STAGES = ("teacher_init", "teacher_finetune", "teacher_adaptation", "teacher_self_training", "pseudo_labels",
-                "knowledge_transfer", "student_refinement", "cast")
+                "knowledge_transfer", "student_refinement", "cast", "supervised_student")
 STUDENT_STAGES = ("pseudo_labels", "knowledge_transfer", "student_refinement", "cast")
 BASELINE_STAGES = ("guided_distillation",)  # supplementary Table 8's baseline (castlib.baselines)
 
@@ -86,6 +86,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         runs = train_baseline(cfg, args)
     elif args.stage == "teacher_init":
         runs = {"teacher_init": S.teacher_init(cfg, seed)}
+    elif args.stage == "supervised_student":
+        runs = {"supervised_student": S.supervised_student(cfg, seed)}
     elif args.stage == "teacher_finetune":
         runs = {"teacher_finetune": S.teacher_finetune(cfg, S.teacher_init(cfg, seed), args.variant != "finetune_only"
                                                        and not args.no_contrastive, seed)}

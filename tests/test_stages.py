@@ -85,6 +85,20 @@ def test_the_runs_chain_as_the_paper_says(pipeline):
     assert refined.info["inputs"] == {"student": student.id}
 
 
+def test_the_supervised_only_student_trains_on_labels_alone_from_the_same_backbone(cfg, pipeline):
+    """Main Table 3 "No distill.": the student's stand-in, L_sup only, the CAST student's whole length; no teacher
+    key enters its id."""
+    run = stages.supervised_student(cfg)
+    assert run.complete and run.stage == "supervised_student"
+    assert run.info["inputs"] == {"stand_in": pipeline["student"].info["inputs"]["stand_in"]}
+    log = (run.dir / "log.csv").read_text().splitlines()
+    header = log[0].split(",")
+    assert "sup/loss" in header and "semi/loss" not in header and "pxl/loss" not in header
+    assert run.metrics["train"]["iterations"] == cfg.train.student.iterations + cfg.train.refinement.iterations
+    other_teacher = load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), "train.teacher.lr=1e-3"])
+    assert stages.supervised_student(other_teacher).id == run.id
+
+
 def test_pseudo_labels_are_written_in_the_dataset_format_and_read_by_the_ordinary_loader(cfg, pipeline):
     labels = pipeline["pseudo_labels"]
     unlabelled = read_split_ids(cfg, "unlabelled")

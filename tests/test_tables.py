@@ -17,6 +17,7 @@ from castlib.engine import stages
 from castlib.engine.logs import read_timing
 from castlib.engine.plan import plan_frame, planning, registry_step_times
 from castlib.engine.runs import runs_dir
+from castlib.errors import ConfigError
 from castlib.report import ablations
 from castlib.report.tables import write_table
 
@@ -87,6 +88,17 @@ def test_missing_runs_read_not_run_and_nothing_is_trained_or_written(tmp_path):
         for column in reproduced:
             assert list(table[column]) == [ablations.NOT_RUN] * len(table), (number, column)
     assert not runs_dir(empty).exists() and not (tmp_path / "data").exists()
+
+
+def test_table_seeds_replace_the_seeds_of_the_tables_they_name_only(tmp_path):
+    cfg = load_config("smoke", [*_overrides(tmp_path), "seeds=[0,1,2]", "table_seeds={4: [0], 8: [1, 2]}"])
+    plan = {n: ablations.build_table(cfg, n, train=False).attrs["seeds"] for n in (3, 4, 8)}
+    assert plan == {3: [0, 1, 2], 4: [0], 8: [1, 2]}
+    for bad, problem in (("{9: [0]}", "not a table number"), ("{4: []}", "non-empty list")):
+        wrong = load_config("smoke", [*_overrides(tmp_path), f"table_seeds={bad}"])
+        with pytest.raises(ConfigError, match=problem) as caught:
+            ablations.build_table(wrong, 4, train=False)
+        assert caught.value.key.startswith("table_seeds.")
 
 
 def test_each_table_has_one_row_per_variant_beside_the_paper(built):

@@ -10,6 +10,7 @@ complete run with the same stage, config, inputs and seed exists (then nothing i
     p  = pseudo_labels(cfg, tB)                   pseudo-labels on D_u from the frozen theta_T''
     s  = knowledge_transfer(cfg, p)               student: L_sup + l_semi L_semi + l_pxl L_pxl -> theta_s*
     r  = student_refinement(cfg, s)               labels alone: L_sup -> theta_s+
+    supervised_student(cfg)                       no teacher, no distillation: L_sup on D_l (main Table 3 "No distill.")
     student_under(cfg, t0)                        pseudo-labels, student and refinement under any teacher (Table 6)
 
 ``teacher_adaptation(cfg, variant)`` chains the teacher steps for the three variants of supplementary
@@ -80,6 +81,7 @@ _STAGE_KEYS = {
     "pseudo_labels": ("profile", "data", "augment.eval_short_side", "train.pseudo_labels"),
     "knowledge_transfer": _STUDENT_KEYS,
     "student_refinement": (*_STUDENT_KEYS, "train.refinement"),
+    "supervised_student": (*_STUDENT_KEYS, "train.refinement.iterations"),
     # Guided Distillation (castlib.baselines): stage 1 reads the optimiser keys, not stage 2's, so stage-2 variants
     # share one teacher run.
     "guided_distillation_teacher": (*_GD_MODEL_KEYS, *(f"baselines.guided_distillation.{k}" for k in (
@@ -98,6 +100,8 @@ _UNREAD = {
     "teacher_self_training": ("train.teacher.finetune_iterations",),
     "student_refinement": ("augment.strong", "loss.contrastive", "train.student.iterations",
                            "train.student.batch_size", "train.student.semi_weight",
+                           "train.student.contrastive_weight", "train.student.contrastive"),
+    "supervised_student": ("augment.strong", "loss.contrastive", "train.student.semi_weight",
                            "train.student.contrastive_weight", "train.student.contrastive"),
     "pretrain_teacher": ("augment.strong",),  # no L_pxl in pretraining
     "pretrain_backbone": ("augment.strong", "loss.contrastive"),
@@ -133,7 +137,8 @@ def _seed(cfg: Config, seed: int | None) -> int:
     return cfg.seed if seed is None else seed
 
 
-_TRAINED_STAGES = ("teacher_finetune", "teacher_self_training", "knowledge_transfer", "student_refinement")
+_TRAINED_STAGES = ("teacher_finetune", "teacher_self_training", "knowledge_transfer", "student_refinement",
+                   "supervised_student")
 
 
 def _check_inputs(cfg: Config, stage: str) -> None:
@@ -348,6 +353,24 @@ def student_refinement(cfg: Config, student: Run, seed: int | None = None) -> Ru
     section = Config({**cfg.train.student, "batch_size": r.batch_size})
     return _fit(cfg, run, ctx, model, "student_refinement", "student", r.iterations, None, False, seed,
                 section=section)
+
+
+def supervised_student(cfg: Config, seed: int | None = None) -> Run:
+    """Main Table 3 "No distill. (Sup.)": the student from the same pretrained backbone trained on D_l alone with
+    L_sup (no teacher, no pseudo-labels, no L_pxl), with the student's optimiser settings, batch size and the
+    iterations of knowledge transfer and refinement together (the CAST student's whole training length)."""
+    from castlib.engine.pretrain import initial_model, stand_in_inputs  # it builds on this module's routines
+
+    seed = _seed(cfg, seed)
+    inputs = stand_in_inputs(cfg, "student")
+    run, ctx = _start(cfg, "supervised_student", inputs, seed)
+    if _done(run):
+        return run
+    _seed_everything(seed)
+    model = initial_model(cfg, "student", inputs).to(ctx.device)
+    iterations = cfg.train.student.iterations + cfg.train.refinement.iterations
+    return _fit(cfg, run, ctx, model, "supervised_student", "student", iterations, None, False, seed,
+                section=cfg.train.student)
 
 
 def student_under(cfg: Config, teacher: Run, seed: int | None = None) -> dict[str, Run]:

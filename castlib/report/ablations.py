@@ -299,8 +299,26 @@ def table8(cfg: Config, train: bool = True) -> pd.DataFrame:
 TABLES: dict[int, Callable[..., pd.DataFrame]] = {3: table3, 4: table4, 5: table5, 6: table6, 7: table7, 8: table8}
 
 
+def table_config(cfg: Config, number: int) -> Config:
+    """``cfg`` with Table ``number``'s seeds: ``table_seeds.<number>`` where the profile sets it (a compute budget's
+    choice, e.g. mini: one seed for Tables 4, 5 and 8), otherwise ``seeds``."""
+    chosen = {}
+    for key, seeds in cfg.table_seeds.items():
+        if str(key) not in {str(n) for n in TABLES}:
+            raise ConfigError(None, f"table_seeds.{key}", f"not a table number (tables are {sorted(TABLES)})")
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                                for s in seeds):
+            raise ConfigError(None, f"table_seeds.{key}", f"expected a non-empty list of integer seeds, got {seeds!r}")
+        chosen[int(key)] = seeds
+    if number not in chosen or list(chosen[number]) == list(cfg.seeds):
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.seeds = list(chosen[number])
+    return out
+
+
 def build_table(cfg: Config, number: int, train: bool = True) -> pd.DataFrame:
-    """Supplementary Table ``number`` (3-8)."""
+    """Supplementary Table ``number`` (3-8), over the seeds :func:`table_config` gives it."""
     if number not in TABLES:
         raise ConfigError(None, "table", f"no builder for Table {number}; tables are {sorted(TABLES)}")
-    return TABLES[number](cfg, train=train)
+    return TABLES[number](table_config(cfg, number), train=train)
