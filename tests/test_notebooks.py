@@ -82,11 +82,11 @@ def test_knowledge_transfer_shows_the_debiased_sampler_draws_fewer_false_negativ
     _figures(root, "student_curves.png", "proposition_3_1_margin_fnr.png")
 
 
-def test_refinement_records_teacher_distilled_and_refined_student(executed):
+def test_refinement_records_teacher_distilled_refined_and_supervised_only_student(executed):
     root, _ = executed
     stages = read_record(root / "04_student_refinement")["stages"]
-    assert [s["model"].split()[0] for s in stages] == ["teacher", "student", "student"]
-    assert len({s["run"] for s in stages}) == 3
+    assert [s["model"].split()[0] for s in stages] == ["teacher", "student", "student", "student"]
+    assert len({s["run"] for s in stages}) == 4 and "supervised" in stages[-1]["model"]
     _figures(root, "refinement_curves.png")
 
 
