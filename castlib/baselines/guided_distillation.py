@@ -36,7 +36,7 @@ from castlib.engine.batches import batch_stream
 from castlib.engine.loop import train
 from castlib.engine.objective import Objective, take
 from castlib.engine.optim import build_scheduler
-from castlib.engine.pretrain import initial_model, stand_in_inputs
+from castlib.engine.pretrain import start_from_pretrained
 from castlib.engine.runs import Run
 from castlib.errors import ConfigError
 from castlib.losses import SetCriterion
@@ -218,13 +218,10 @@ def guided_distillation_teacher(cfg: Config, backbone: str, fraction: float, see
     with the same inputs."""
     cfg = gd_config(cfg, backbone, fraction)
     seed = stages._seed(cfg, seed)
-    inputs = stand_in_inputs(cfg, "baseline")
-    run, ctx = stages._start(cfg, TEACHER_STAGE, inputs, seed)
-    if stages._done(run):
+    run, ctx, model = start_from_pretrained(cfg, TEACHER_STAGE, "baseline", seed)
+    if model is None:
         return run
     section = cfg.get_path(SECTION)
-    stages._seed_everything(seed)
-    model = initial_model(cfg, "baseline", inputs).to(ctx.device)
     criterion = SetCriterion.from_config(cfg.loss, stages._num_classes(cfg)).to(ctx.device)
     objective = Objective(model, "criterion", criterion)
     return _train_and_finish(cfg, run, ctx, TEACHER_STAGE, model, objective, section.teacher_iterations,
@@ -238,13 +235,10 @@ def guided_distillation(cfg: Config, backbone: str, fraction: float, seed: int |
     teacher = guided_distillation_teacher(cfg, backbone, fraction, seed)
     cfg = gd_config(cfg, backbone, fraction)
     seed = stages._seed(cfg, seed)
-    inputs = {"teacher": teacher, **stand_in_inputs(cfg, "baseline")}
-    run, ctx = stages._start(cfg, STAGE, inputs, seed)
-    if stages._done(run):
+    run, ctx, student = start_from_pretrained(cfg, STAGE, "baseline", seed, {"teacher": teacher})
+    if student is None:
         return run
     section = cfg.get_path(SECTION)
-    stages._seed_everything(seed)
-    student = initial_model(cfg, "baseline", inputs).to(ctx.device)
     frozen = stages.load_model(cfg, teacher, "baseline").to(ctx.device)
     criterion = SetCriterion.from_config(cfg.loss, stages._num_classes(cfg)).to(ctx.device)
     objective = GuidedDistillationObjective(student, frozen, criterion, section)

@@ -20,11 +20,13 @@ stage's model from the target config and loads the stand-in's weights into it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 from castlib.config import Config
 from castlib.data.datasets import InstanceDataset
 from castlib.data.loaders import build_dataset
 from castlib.data.transforms import train_views
+from castlib.engine import distributed as D
 from castlib.engine import stages
 from castlib.engine.plan import current_plan
 from castlib.engine.runs import Run
@@ -120,3 +122,17 @@ def initial_model(cfg: Config, which: str, inputs: dict[str, Run]) -> Segmentati
         return model
     prefix = "" if which == "teacher" else Student.parts["encoder"][0]
     return load_weights(model, stand_in.require_complete().model_dir, prefix)
+
+
+def start_from_pretrained(cfg: Config, stage: str, which: str, seed: int, inputs: Mapping[str, Run] | None = None,
+                          ) -> tuple[Run, D.Context, SegmentationModel | None]:
+    """Start ``stage``, whose ``which`` model (teacher, student, baseline) begins at the pretrained weights: the
+    stand-in run joins the stage's ``inputs`` (so its id follows it), then :func:`initial_model` under the seed.
+    Returns the run, the context and the model; the model is ``None`` when there is nothing to train (the run is
+    complete, or the stages are only planning)."""
+    inputs = {**(inputs or {}), **stand_in_inputs(cfg, which)}
+    run, ctx = stages._start(cfg, stage, inputs, seed)
+    if stages._done(run):
+        return run, ctx, None
+    stages._seed_everything(seed)
+    return run, ctx, initial_model(cfg, which, inputs).to(ctx.device)

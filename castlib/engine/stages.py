@@ -219,16 +219,10 @@ def teacher_init(cfg: Config, seed: int | None = None) -> Run:
     ``model.stand_in``: the source-domain stand-in of :func:`castlib.engine.pretrain.pretrain_teacher`; otherwise
     the random initialisation drawn from the seed), saved and evaluated zero-shot (supplementary Table 6, T1).
     Both adaptation steps start from these weights."""
-    from castlib.engine.pretrain import initial_model, stand_in_inputs  # it builds on this module's routines
+    from castlib.engine.pretrain import start_from_pretrained  # it builds on this module's routines
 
-    seed = _seed(cfg, seed)
-    inputs = stand_in_inputs(cfg, "teacher")
-    run, ctx = _start(cfg, "teacher_init", inputs, seed)
-    if _done(run):
-        return run
-    _seed_everything(seed)
-    model = initial_model(cfg, "teacher", inputs).to(ctx.device)
-    return _finish(run, ctx, cfg, model, {"iterations": 0})
+    run, ctx, model = start_from_pretrained(cfg, "teacher_init", "teacher", _seed(cfg, seed))
+    return run if model is None else _finish(run, ctx, cfg, model, {"iterations": 0})
 
 
 def _teacher_training(cfg: Config, stage: str, init: Run, labels: Run | None, contrastive: bool,
@@ -327,15 +321,12 @@ def knowledge_transfer(cfg: Config, labels: Run, seed: int | None = None) -> Run
     """theta_s* = argmin J(theta_s; D_l, D_u; l_semi, l_pxl) with the frozen teacher's pseudo-labels on D_u
     (spec 4.2); the strong view's encoder pass runs without gradient. The encoder starts from the pretrained
     backbone (paper: DINOv2; smoke/mini with ``model.stand_in``: :func:`castlib.engine.pretrain.pretrain_backbone`)."""
-    from castlib.engine.pretrain import initial_model, stand_in_inputs  # it builds on this module's routines
+    from castlib.engine.pretrain import start_from_pretrained  # it builds on this module's routines
 
     seed = _seed(cfg, seed)
-    inputs = {"pseudo_labels": labels, **stand_in_inputs(cfg, "student")}
-    run, ctx = _start(cfg, "knowledge_transfer", inputs, seed)
-    if _done(run):
+    run, ctx, model = start_from_pretrained(cfg, "knowledge_transfer", "student", seed, {"pseudo_labels": labels})
+    if model is None:
         return run
-    _seed_everything(seed)
-    model = initial_model(cfg, "student", inputs).to(ctx.device)
     s = cfg.train.student
     return _fit(cfg, run, ctx, model, "knowledge_transfer", "student", s.iterations, labels, True, seed, section=s)
 
@@ -359,15 +350,12 @@ def supervised_student(cfg: Config, seed: int | None = None) -> Run:
     """Main Table 3 "No distill. (Sup.)": the student from the same pretrained backbone trained on D_l alone with
     L_sup (no teacher, no pseudo-labels, no L_pxl), with the student's optimiser settings, batch size and the
     iterations of knowledge transfer and refinement together (the CAST student's whole training length)."""
-    from castlib.engine.pretrain import initial_model, stand_in_inputs  # it builds on this module's routines
+    from castlib.engine.pretrain import start_from_pretrained  # it builds on this module's routines
 
     seed = _seed(cfg, seed)
-    inputs = stand_in_inputs(cfg, "student")
-    run, ctx = _start(cfg, "supervised_student", inputs, seed)
-    if _done(run):
+    run, ctx, model = start_from_pretrained(cfg, "supervised_student", "student", seed)
+    if model is None:
         return run
-    _seed_everything(seed)
-    model = initial_model(cfg, "student", inputs).to(ctx.device)
     iterations = cfg.train.student.iterations + cfg.train.refinement.iterations
     return _fit(cfg, run, ctx, model, "supervised_student", "student", iterations, None, False, seed,
                 section=cfg.train.student)
