@@ -230,6 +230,16 @@ def test_images_without_instances_still_give_a_loss(teacher):
     assert torch.isfinite(losses["loss"]) and losses["loss_mask_bce"] == 0
 
 
+def test_an_image_without_instances_beside_one_with_some_gives_that_images_loss(teacher):
+    """A crop can hold no instance while its batch-mate holds some (the mini stand-in met one after 200 steps)."""
+    images, targets = torch.rand(2, 3, 112, 224), instance_targets()
+    empty = {"masks": torch.zeros(0, 112, 224, dtype=torch.bool), "labels": torch.zeros(0, dtype=torch.long)}
+    mixed = teacher.supervised_loss(images, [targets[0], empty])
+    alone = teacher.supervised_loss(images[:1], targets[:1])
+    for key in ("loss_mask_bce", "loss_mask_dice", "loss_iou", "loss_object"):
+        assert torch.allclose(mixed[key], alone[key], rtol=1e-4, atol=1e-5), key
+
+
 def test_every_parameter_belongs_to_a_part_and_groups_follow_the_parts(teacher):
     names = [n for n, _ in teacher.named_parameters(remove_duplicate=False)]
     parts = {teacher.part_of(n) for n in names}

@@ -281,6 +281,7 @@ class Teacher(SegmentationModel):
         out = self._segment(x, prompts)
         size = out.pred_masks.shape[-2:]
         gt = torch.cat([F.interpolate(t["masks"][c][None].float(), size=size, mode="bilinear", align_corners=False,
-                                      antialias=True)[0] > 0.5 for t, c in zip(targets, chosen, strict=True)])
+                                      antialias=True)[0] > 0.5
+                        for t, c in zip(targets, chosen, strict=True) if len(c)])  # an image may have none
         return mask_loss(out.pred_masks[:, :, 0][valid], out.iou_scores[..., 0][valid],
                          out.object_score_logits[..., 0][valid], gt)
