@@ -98,5 +98,8 @@ def test_a_smoke_run_made_twice_gives_bit_identical_metrics(tmp_path):
                                   text=True, timeout=3600, env={**os.environ, "OMP_NUM_THREADS": "1"})
             assert done.returncode == 0, done.stderr[-3000:]
         metrics.append({p.parent.name: p.read_bytes() for p in runs.glob("*/metrics.json")})
+        stages = sorted(json.loads(p.read_text())["stage"] for p in runs.glob("*/run.json"))
         runs.rename(tmp_path / f"runs-{attempt}")
-    assert len(metrics[0]) == 7 and metrics[0] == metrics[1]
+    assert stages == ["knowledge_transfer", "pretrain_backbone", "pretrain_teacher", "pseudo_labels", "pseudo_labels",
+                      "student_refinement", "teacher_finetune", "teacher_init", "teacher_self_training"]
+    assert len(metrics[0]) == len(stages) and metrics[0] == metrics[1]
