@@ -47,6 +47,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss.contrastive.scope": ("batch", "memory_bank"),
     "model.student_backbone": ("dinov2_s", "dinov2_b", "dinov2_l", "resnet50"),
     "model.baseline_backbone": ("dinov2_s", "dinov2_b", "dinov2_l", "resnet50"),
+    "model.stand_in_init": ("encoder", "whole"),
     "eval.table_metric.cityscapes": ("cityscapes", "coco"),
     "eval.table_metric.ade20k": ("coco",),
     "eval.efficiency.dtype": ("float32", "bfloat16", "float16"),

@@ -100,6 +100,17 @@ def test_students_and_baselines_start_from_their_pretrained_backbone_alone(cfg, 
     assert decoder and not all(torch.equal(own[k], saved[k]) for k in decoder)  # decoders start at random
 
 
+def test_stand_in_init_whole_takes_the_source_trained_decoders_too_and_enters_the_students_id(cfg):
+    root = Path(cfg.runs_dir).parent
+    whole = load_config("smoke", [*_overrides(root), "model.stand_in_init=whole"])
+    inputs = pretrain.stand_in_inputs(whole, "student")
+    own, saved = pretrain.initial_model(whole, "student", inputs).state_dict(), _weights(inputs["stand_in"])
+    assert saved and all(torch.equal(own[k], v) for k, v in saved.items())
+    assert inputs["stand_in"].id == pretrain.stand_in_inputs(cfg, "student")["stand_in"].id  # one stand-in for both
+    assert stages.stage_config(whole, "knowledge_transfer") != stages.stage_config(cfg, "knowledge_transfer")
+    assert stages.stage_config(whole, "teacher_finetune") == stages.stage_config(cfg, "teacher_finetune")
+
+
 def test_off_means_no_stand_in_and_the_paper_profile_keeps_the_hub_weights(cfg):
     off = load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), "model.stand_in=false"])
     assert pretrain.stand_in_inputs(off, "teacher") == {}

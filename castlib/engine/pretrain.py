@@ -114,13 +114,15 @@ def stand_in_inputs(cfg: Config, which: str) -> dict[str, Run]:
 
 def initial_model(cfg: Config, which: str, inputs: dict[str, Run]) -> SegmentationModel:
     """``which`` built from ``cfg`` (its sizes and trainable parts), with the stand-in's weights of
-    ``inputs["stand_in"]`` when there is one: all of them for the teacher (theta_T^0), the encoder's for a student
-    or baseline (its decoders start from the seed's random draw, as the paper's start from DINOv2 alone)."""
+    ``inputs["stand_in"]`` when there is one: all of them for the teacher (theta_T^0); for a student or baseline
+    the encoder's (``model.stand_in_init: encoder``: its decoders start from the seed's random draw, as the paper's
+    start from DINOv2 alone) or all of them (``whole``: the source-trained decoders too, mini's budget choice)."""
     model = build_model(cfg, which, stages._num_classes(cfg))
     stand_in = inputs.get("stand_in")
     if stand_in is None:
         return model
-    prefix = "" if which == "teacher" else Student.parts["encoder"][0]
+    whole = which == "teacher" or cfg.model.stand_in_init == "whole"
+    prefix = "" if whole else Student.parts["encoder"][0]
     return load_weights(model, stand_in.require_complete().model_dir, prefix)
 
 

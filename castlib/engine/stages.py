@@ -67,10 +67,11 @@ _EVAL = ("eval.top_k", "eval.batch_size", "eval.table_metric")  # what _finish's
 _COMMON = ("profile", "data", *_EVAL)
 _TEACHER_KEYS = (*_COMMON, "augment", "model.pretrained", "model.teacher", "model.projection", "loss.contrastive",
                  "train.teacher")
-_STUDENT_MODEL = ("model.pretrained", "model.student_backbone", "model.trainable", "model.backbones",
+_STUDENT_MODEL = ("model.pretrained", "model.stand_in_init", "model.student_backbone", "model.trainable", "model.backbones",
                   "model.pixel_decoder", "model.decoder", "model.projection")
 _STUDENT_KEYS = (*_COMMON, "augment", *_STUDENT_MODEL, "loss", "train.student")
-_GD_MODEL_KEYS = (*_COMMON, "augment", "model.pretrained", "model.baseline_backbone", "model.trainable",
+_GD_MODEL_KEYS = (*_COMMON, "augment", "model.pretrained", "model.stand_in_init", "model.baseline_backbone",
+                  "model.trainable",
                   "model.backbones", "model.pixel_decoder", "model.decoder", "model.projection",
                   *(f"loss.{k}" for k in ("class_weight", "mask_weight", "dice_weight", "no_object_weight",
                                           "num_points", "oversample_ratio", "importance_sample_ratio")))
