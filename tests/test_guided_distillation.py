@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _workspace import prepared_config, set_args, workspace_overrides
 from safetensors.torch import load_file
 from torch import nn
 
 from castlib.__main__ import main
 from castlib.baselines import guided_distillation as G
 from castlib.config import REPO_ROOT, Config, load_config
-from castlib.data.loaders import make_splits, prepare_data
 from castlib.data.sample import Batch
 from castlib.engine import loop
 from castlib.engine.checkpoint import load_checkpoint
@@ -32,7 +32,7 @@ BACKBONES = ("resnet50", "dinov2_b", "dinov2_l")
 
 
 def _overrides(root: Path) -> list[str]:
-    return [f"data.data_dir={root / 'data'}", f"data.splits_dir={root / 'splits'}", f"runs_dir={root / 'runs'}"]
+    return workspace_overrides(root)
 
 
 def _section(cfg: Config, **changes) -> Config:
@@ -177,10 +177,7 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gd_cfg(workspace):
-    config = load_config("smoke", _overrides(workspace))
-    prepare_data(config)
-    make_splits(config)
-    return config
+    return prepared_config(workspace, _overrides(workspace))
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +274,7 @@ def test_an_interrupted_run_resumes_across_the_hand_over_to_the_same_weights(res
 # -- command line and torchrun ----------------------------------------------------------------------------------
 
 def test_the_command_line_trains_gd_and_rejects_an_unknown_backbone(gd_cfg, smoke_runs, capsys):
-    sets = [a for o in _overrides(Path(gd_cfg.runs_dir).parent) for a in ("--set", o)]
+    sets = set_args(_overrides(Path(gd_cfg.runs_dir).parent))
     assert main(["train", "--stage", "guided_distillation", "--backbone", "resnet50", "--fraction", "0.1",
                  *sets]) == 0
     assert smoke_runs["resnet50"].id in capsys.readouterr().out  # the complete run, reused
@@ -292,7 +289,7 @@ def test_torchrun_with_two_cpu_processes_trains_gd_like_one_process(resnet_run, 
     shutil.copytree(workspace / "splits", root / "splits")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command = ["-m", "castlib", "train", "--stage", "guided_distillation", "--backbone", "resnet50",
-               "--fraction", "0.1", *[a for o in _overrides(root) for a in ("--set", o)]]
+               "--fraction", "0.1", *set_args(_overrides(root))]
     done = subprocess.run([*torchrun, *command], capture_output=True, text=True, cwd=REPO_ROOT, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]

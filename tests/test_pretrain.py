@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _workspace import prepared_config, workspace_overrides
 from safetensors.torch import load_file
 
 from castlib.config import load_config
@@ -23,10 +24,10 @@ SLOW_ITERATIONS = 800  # four images: 300 iterations measured 1.7 -> 8.5; 800 no
 
 
 def _overrides(root: Path) -> list[str]:
-    return [f"data.data_dir={root / 'data'}", f"data.splits_dir={root / 'splits'}", f"runs_dir={root / 'runs'}",
-            "data.synthetic.source.cityscapes={train: 4, val: 2}", "train.pretrain.teacher_iterations=2",
-            "train.pretrain.backbone_iterations=2", "train.pretrain.batch_size=2",
-            "data.synthetic.cityscapes={train: 12, val: 2}", "eval.table_metric.cityscapes=coco"]
+    return workspace_overrides(root, "data.synthetic.source.cityscapes={train: 4, val: 2}",
+                               "train.pretrain.teacher_iterations=2", "train.pretrain.backbone_iterations=2",
+                               "train.pretrain.batch_size=2", "data.synthetic.cityscapes={train: 12, val: 2}",
+                               "eval.table_metric.cityscapes=coco")
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +37,7 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cfg(workspace):
-    from castlib.data.loaders import make_splits, prepare_data
-
-    config = load_config("smoke", _overrides(workspace))
-    prepare_data(config)
-    make_splits(config)
-    return config
+    return prepared_config(workspace, _overrides(workspace))
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _workspace import prepared_config, set_args, workspace_overrides
 
 from castlib.config import REPO_ROOT, load_config
 from castlib.data.loaders import build_dataset, read_split_ids
@@ -23,7 +24,7 @@ from castlib.models.base import WEIGHTS_FILE
 
 
 def _overrides(root: Path) -> list[str]:
-    return [f"data.data_dir={root / 'data'}", f"data.splits_dir={root / 'splits'}", f"runs_dir={root / 'runs'}"]
+    return workspace_overrides(root)
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,7 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cfg(workspace):
-    from castlib.data.loaders import make_splits, prepare_data
-
-    config = load_config("smoke", _overrides(workspace))
-    prepare_data(config)
-    make_splits(config)
-    return config
+    return prepared_config(workspace, _overrides(workspace))
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +182,7 @@ def test_a_config_with_an_unknown_key_or_a_wrong_type_fails_on_the_command_line(
 
 def _train_command(root: Path, stage: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "castlib", "train", "--stage", stage,
-            *[a for o in _overrides(root) for a in ("--set", o)], *extra]
+            *set_args(_overrides(root)), *extra]
 
 
 def test_a_killed_run_resumes_to_the_same_final_metrics_and_weights(pipeline, workspace, tmp_path):

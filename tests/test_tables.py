@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _workspace import prepared_config, set_args, workspace_overrides
 
 from castlib import paper
 from castlib.__main__ import main
@@ -32,11 +33,11 @@ VARIANTS = {
 
 
 def _overrides(root: Path) -> list[str]:
-    """The smoke profile cut to the bone: one seed, 8 + 2 images, one or two iterations per stage."""
-    return [f"runs_dir={root / 'runs'}", f"data.data_dir={root / 'data'}", f"data.splits_dir={root / 'splits'}",
-            "seeds=[0]", "data.synthetic.cityscapes.train=20", "data.synthetic.cityscapes.val=2",
-            "train.teacher.finetune_iterations=1", "train.teacher.self_training_iterations=1",
-            "train.student.iterations=2", "train.refinement.iterations=1"]
+    """The smoke profile cut to the bone: one seed, 20 + 2 images, one or two iterations per stage."""
+    return workspace_overrides(root, "seeds=[0]", "data.synthetic.cityscapes.train=20",
+                               "data.synthetic.cityscapes.val=2", "train.teacher.finetune_iterations=1",
+                               "train.teacher.self_training_iterations=1", "train.student.iterations=2",
+                               "train.refinement.iterations=1")
 
 
 def _run_folders(cfg) -> set[str]:
@@ -46,12 +47,8 @@ def _run_folders(cfg) -> set[str]:
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
-    from castlib.data.loaders import make_splits, prepare_data
-
-    config = load_config("smoke", _overrides(tmp_path_factory.mktemp("tables")))
-    prepare_data(config)
-    make_splits(config)
-    return config
+    root = tmp_path_factory.mktemp("tables")
+    return prepared_config(root, _overrides(root))
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +179,7 @@ def test_plan_lists_shared_and_complete_runs_and_trains_nothing(cfg, built, caps
     timing = read_timing(cast_runs["student"].dir)
     assert timing["iterations"] == cfg.train.student.iterations and timing["seconds"] > 0
 
-    args = ["plan", "--profile", "smoke", *[a for o in _overrides(Path(cfg.runs_dir).parent) for a in ("--set", o)],
+    args = ["plan", "--profile", "smoke", *set_args(_overrides(Path(cfg.runs_dir).parent)),
             "--tables", "4", "8"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -192,7 +189,7 @@ def test_plan_lists_shared_and_complete_runs_and_trains_nothing(cfg, built, caps
 
 
 def test_table_and_train_commands(cfg, built, tmp_path, capsys):
-    sets = [a for o in _overrides(Path(cfg.runs_dir).parent) for a in ("--set", o)]
+    sets = set_args(_overrides(Path(cfg.runs_dir).parent))
     assert main(["table", "6", *sets, "--out", str(tmp_path), "--no-train"]) == 0
     out = capsys.readouterr().out
     assert "student_under_t1" in out and (tmp_path / "table6.csv").is_file() and (tmp_path / "table6.md").is_file()
