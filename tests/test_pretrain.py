@@ -20,7 +20,7 @@ from castlib.models.build import load_weights
 
 C = 8
 FAST_ITERATIONS, FAST_GAIN = 150, 10.0  # one image: measured 5.0 -> 24.3 in 19 s on 2 idle-ish cores
-SLOW_ITERATIONS = 800  # four images: 300 iterations measured 1.7 -> 8.5; 800 not yet confirmed by a run
+SLOW_ITERATIONS = 800  # four images: measured 1.7 -> 8.5 after 300 iterations, 1.7 -> 8.3 after 800
 
 
 def _overrides(root: Path) -> list[str]:
@@ -64,7 +64,8 @@ def test_the_stand_in_trains_on_the_source_domain_set(cfg, teacher_stand_in):
 
 def test_a_stand_in_is_trained_once_for_every_seed_and_label_fraction(cfg, teacher_stand_in, monkeypatch):
     monkeypatch.setattr(stages, "_fit", lambda *a, **k: pytest.fail("a complete pretrain run was trained again"))
-    for changes in ([], ["seed=3"], ["data.label_fraction=0.3"], ["train.student.iterations=99"]):
+    for changes in ([], ["seed=3"], ["data.label_fraction=0.3"], ["train.student.iterations=99"],
+                    ["train.pretrain.backbone_iterations=7"]):  # the other stand-in's length
         again = pretrain.pretrain_teacher(load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), *changes]))
         assert again.id == teacher_stand_in.id
     other = load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), "train.pretrain.teacher_iterations=3"])
@@ -172,6 +173,8 @@ def test_the_student_from_the_stand_in_overfits_one_image_fast(cfg, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 13, open: measured 2026-12-01, four images, 800 iterations: maskAP "
+                   "1.7 -> 8.3 (300 iterations: 8.5); the smoke student plateaus below 25 on 128x256 images")
 def test_the_student_from_the_stand_in_overfits_a_few_images(cfg, tmp_path):
     """Issue 13's overfit check: on a few target images the student's maskAP rises well above 0."""
     before, after = _overfit(_overfit_config(cfg), images=4, iterations=SLOW_ITERATIONS, lr=1e-3, tmp_path=tmp_path)

@@ -104,8 +104,9 @@ _UNREAD = {
                            "train.student.contrastive_weight", "train.student.contrastive"),
     "supervised_student": ("augment.strong", "loss.contrastive", "train.student.semi_weight",
                            "train.student.contrastive_weight", "train.student.contrastive"),
-    "pretrain_teacher": ("augment.strong",),  # no L_pxl in pretraining
-    "pretrain_backbone": ("augment.strong", "loss.contrastive"),
+    # no L_pxl in pretraining; each stand-in not the other's length
+    "pretrain_teacher": ("augment.strong", "train.pretrain.backbone_iterations"),
+    "pretrain_backbone": ("augment.strong", "loss.contrastive", "train.pretrain.teacher_iterations"),
 }
 _CONTRASTIVE_KEYS = ("augment.strong", "loss.contrastive", "train.teacher.contrastive_weight",
                      "train.teacher.contrastive")
