@@ -40,6 +40,7 @@ STAGE_ITERATIONS: dict[str, Callable[[Config], int]] = {
     "pseudo_labels": lambda cfg: 0,
     "knowledge_transfer": lambda cfg: cfg.train.student.iterations,
     "student_refinement": lambda cfg: cfg.train.refinement.iterations,
+    # main Table 3 "No distill.": the CAST student's whole length (knowledge transfer + refinement)
     "supervised_student": lambda cfg: cfg.train.student.iterations + cfg.train.refinement.iterations,
     "guided_distillation_teacher": lambda cfg: cfg.baselines.guided_distillation.teacher_iterations,
     "guided_distillation": lambda cfg: cfg.baselines.guided_distillation.iterations,

@@ -50,7 +50,7 @@ from castlib.engine.batches import batch_stream
 from castlib.engine.loop import train
 from castlib.engine.objective import Objective
 from castlib.engine.optim import build_optimizer, build_scheduler
-from castlib.engine.plan import current_plan
+from castlib.engine.plan import STAGE_ITERATIONS, current_plan
 from castlib.engine.runs import Run, RunError, create_run
 from castlib.errors import ConfigError, DataError
 from castlib.eval import eval_options, evaluate_model
@@ -67,12 +67,11 @@ _EVAL = ("eval.top_k", "eval.batch_size", "eval.table_metric")  # what _finish's
 _COMMON = ("profile", "data", *_EVAL)
 _TEACHER_KEYS = (*_COMMON, "augment", "model.pretrained", "model.teacher", "model.projection", "loss.contrastive",
                  "train.teacher")
-_STUDENT_MODEL = ("model.pretrained", "model.stand_in_init", "model.student_backbone", "model.trainable", "model.backbones",
-                  "model.pixel_decoder", "model.decoder", "model.projection")
+_STUDENT_MODEL = ("model.pretrained", "model.stand_in_init", "model.student_backbone", "model.trainable",
+                  "model.backbones", "model.pixel_decoder", "model.decoder", "model.projection")
 _STUDENT_KEYS = (*_COMMON, "augment", *_STUDENT_MODEL, "loss", "train.student")
 _GD_MODEL_KEYS = (*_COMMON, "augment", "model.pretrained", "model.stand_in_init", "model.baseline_backbone",
-                  "model.trainable",
-                  "model.backbones", "model.pixel_decoder", "model.decoder", "model.projection",
+                  "model.trainable", "model.backbones", "model.pixel_decoder", "model.decoder", "model.projection",
                   *(f"loss.{k}" for k in ("class_weight", "mask_weight", "dice_weight", "no_object_weight",
                                           "num_points", "oversample_ratio", "importance_sample_ratio")))
 _STAGE_KEYS = {
@@ -358,9 +357,8 @@ def supervised_student(cfg: Config, seed: int | None = None) -> Run:
     run, ctx, model = start_from_pretrained(cfg, "supervised_student", "student", seed)
     if model is None:
         return run
-    iterations = cfg.train.student.iterations + cfg.train.refinement.iterations
-    return _fit(cfg, run, ctx, model, "supervised_student", "student", iterations, None, False, seed,
-                section=cfg.train.student)
+    return _fit(cfg, run, ctx, model, "supervised_student", "student", STAGE_ITERATIONS["supervised_student"](cfg),
+                None, False, seed, section=cfg.train.student)
 
 
 def student_under(cfg: Config, teacher: Run, seed: int | None = None) -> dict[str, Run]:
