@@ -527,9 +527,12 @@ def generate(spec: SyntheticSpec, root: str | Path, progress: bool = False) -> P
     """
     check_spec(spec)
     root = Path(root)
-    existing = read_manifest(root)
+    existing, style = read_manifest(root), _style_record(domain_style(spec.domain))
     if existing == spec:
-        return root
+        if _stored_style(root, spec) == style:
+            return root
+        raise DataError(root / MANIFEST, f"drawn in another style of the {spec.domain!r} domain than this castlib "
+                                         f"draws (castlib.data.domains changed since); remove the folder to redraw it")
     if existing is not None:
         raise DataError(root / MANIFEST, f"a synthetic set with another spec is already here ({existing}); "
                                          f"remove the folder or choose another output to write {spec}")
@@ -552,8 +555,23 @@ def generate(spec: SyntheticSpec, root: str | Path, progress: bool = False) -> P
         writer(root, split, i, spec)
     if spec.format == "ade20k":
         write_json_atomic(root / "ade20k_instance_imgCatIds.json", ade20k_category_file())
-    write_json_atomic(root / MANIFEST, {"spec": asdict(spec), "note": "synthetic data drawn by castlib"})
+    manifest = {"spec": asdict(spec), "style": style, "note": "synthetic data drawn by castlib"}
+    write_json_atomic(root / MANIFEST, manifest)
     return root
+
+
+def _style_record(style: DomainStyle) -> dict:
+    """The domain style as the manifest stores it (JSON types), so a set drawn in an older style is never reused
+    and the runs that read the set (their ids hash the manifest) are new ones."""
+    return json.loads(json.dumps(asdict(style)))
+
+
+def _stored_style(root: Path, spec: SyntheticSpec) -> dict | None:
+    """The style a set's manifest records; manifests from before styles were recorded drew the target style."""
+    stored = json.loads((root / MANIFEST).read_text()).get("style")
+    if stored is None and spec.domain == TARGET.name:
+        return _style_record(TARGET)
+    return stored
 
 
 __all__ = [
