@@ -494,13 +494,24 @@ _WRITERS = {"cityscapes": write_cityscapes_image, "ade20k": write_ade20k_image}
 
 
 def read_manifest(root: Path) -> SyntheticSpec | None:
+    return _read_manifest(root)[0]
+
+
+def _read_manifest(root: Path) -> tuple[SyntheticSpec | None, dict | None]:
+    """The spec and domain style a set's manifest records (``None, None`` without one). Manifests from before
+    styles were recorded drew the target style, which is unchanged."""
     path = Path(root) / MANIFEST
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return SyntheticSpec(**json.loads(path.read_text())["spec"])
+        manifest = json.loads(path.read_text())
+        spec = SyntheticSpec(**manifest["spec"])
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(path, f"not a valid synthetic-set manifest ({e})") from e
+    style = manifest.get("style")
+    if style is None and spec.domain == TARGET.name:
+        style = _style_record(TARGET)
+    return spec, style
 
 
 def check_spec(spec: SyntheticSpec) -> None:
@@ -527,9 +538,9 @@ def generate(spec: SyntheticSpec, root: str | Path, progress: bool = False) -> P
     """
     check_spec(spec)
     root = Path(root)
-    existing, style = read_manifest(root), _style_record(domain_style(spec.domain))
+    (existing, stored_style), style = _read_manifest(root), _style_record(domain_style(spec.domain))
     if existing == spec:
-        if _stored_style(root, spec) == style:
+        if stored_style == style:
             return root
         raise DataError(root / MANIFEST, f"drawn in another style of the {spec.domain!r} domain than this castlib "
                                          f"draws (castlib.data.domains changed since); remove the folder to redraw it")
@@ -564,14 +575,6 @@ def _style_record(style: DomainStyle) -> dict:
     """The domain style as the manifest stores it (JSON types), so a set drawn in an older style is never reused
     and the runs that read the set (their ids hash the manifest) are new ones."""
     return json.loads(json.dumps(asdict(style)))
-
-
-def _stored_style(root: Path, spec: SyntheticSpec) -> dict | None:
-    """The style a set's manifest records; manifests from before styles were recorded drew the target style."""
-    stored = json.loads((root / MANIFEST).read_text()).get("style")
-    if stored is None and spec.domain == TARGET.name:
-        return _style_record(TARGET)
-    return stored
 
 
 __all__ = [
