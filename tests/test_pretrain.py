@@ -173,8 +173,9 @@ def test_the_student_from_the_stand_in_overfits_one_image_fast(cfg, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 13, open: measured 2026-12-01, four images, 800 iterations: maskAP "
-                   "1.7 -> 8.3 (300 iterations: 8.5); the smoke student plateaus below 25 on 128x256 images")
+@pytest.mark.xfail(strict=True, reason="issue 13, open: measured 2026-12-01 on the first source style, four images, "
+                   "800 iterations: maskAP 1.7 -> 8.3 (300 iterations: 8.5); still below 25 on the current one; "
+                   "the smoke student plateaus on 128x256 images")
 def test_the_student_from_the_stand_in_overfits_a_few_images(cfg, tmp_path):
     """Issue 13's overfit check: on a few target images the student's maskAP rises well above 0."""
     before, after = _overfit(_overfit_config(cfg), images=4, iterations=SLOW_ITERATIONS, lr=1e-3, tmp_path=tmp_path)
