@@ -269,3 +269,19 @@ def test_pretrained_teacher_offline_says_which_weights_and_what_to_do(cfg):
     message = str(error.value)
     assert cfg.model.teacher.detector.weights in message and "model.teacher.detector.weights" in message
     assert "hf download" in message and "smoke or mini profile" in message
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_eval_masks_are_the_single_mask_token_unless_the_fallback_is_asked_for(cfg, dynamic):
+    """Pitfall S3: SAM2's eval-mode fallback swaps an unstable single mask for a multimask head's, heads the
+    adaptation never trains; ``segmenter.dynamic_multimask: false`` keeps every mask the single-mask token's, so
+    evaluation and pseudo-labels decode what training fitted. The random teacher's masks are all unstable."""
+    torch.manual_seed(0)
+    teacher = build_model(load_config("smoke", [f"model.teacher.segmenter.dynamic_multimask={str(dynamic).lower()}"]),
+                          "teacher", C)
+    images = torch.rand(1, 3, 112, 224)
+    with torch.no_grad():
+        teacher.train().detector.eval()  # the same boxes (no dropout); SAM2 in training mode never falls back
+        trained_path = teacher(images).mask_logits
+        evaluated = teacher.eval()(images).mask_logits
+    assert torch.equal(evaluated, trained_path) != dynamic

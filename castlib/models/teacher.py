@@ -123,16 +123,22 @@ class Teacher(SegmentationModel):
     @staticmethod
     def _segmenter(spec: Config, pretrained: bool, components: dict | None) -> Sam2Model:
         if components is not None:
-            return Sam2Model(Sam2Config.from_dict(components["segmenter"]))
-        if not pretrained:
-            return Sam2Model(sam2_config(spec.segmenter))
-        segmenter = load_pretrained(Sam2Model.from_pretrained, spec.segmenter.weights,
-                                    what="teacher's segmenter", key="model.teacher.segmenter.weights")
-        size = segmenter.config.prompt_encoder_config.image_size
-        if size != spec.segmenter.image_size:
-            raise ConfigError(None, "model.teacher.segmenter.image_size",
-                              f"the weights '{spec.segmenter.weights}' take {size} x {size} images, "
-                              f"the config says {spec.segmenter.image_size}")
+            segmenter = Sam2Model(Sam2Config.from_dict(components["segmenter"]))
+        elif not pretrained:
+            segmenter = Sam2Model(sam2_config(spec.segmenter))
+        else:
+            segmenter = load_pretrained(Sam2Model.from_pretrained, spec.segmenter.weights,
+                                        what="teacher's segmenter", key="model.teacher.segmenter.weights")
+            size = segmenter.config.prompt_encoder_config.image_size
+            if size != spec.segmenter.image_size:
+                raise ConfigError(None, "model.teacher.segmenter.image_size",
+                                  f"the weights '{spec.segmenter.weights}' take {size} x {size} images, "
+                                  f"the config says {spec.segmenter.image_size}")
+        # Pitfall S3: in eval mode SAM2 swaps an unstable single mask for the best of its three multimask heads,
+        # which adaptation never trains; the kit's one mask per box is the single-mask token's unless asked.
+        dynamic = bool(spec.segmenter.dynamic_multimask)
+        segmenter.mask_decoder.dynamic_multimask_via_stability = dynamic
+        segmenter.config.mask_decoder_config.dynamic_multimask_via_stability = dynamic
         return segmenter
 
     def component_configs(self) -> dict[str, dict]:
