@@ -173,7 +173,10 @@ def test_ctrl_c_ends_in_one_line_saying_it_can_be_resumed(workspace):
     out = workspace / "synthetic"
     command = [sys.executable, "-m", "castlib", "synth", "--format", "cityscapes", "--out", str(out),
                "--train", "400", "--val", "1", "--height", "64", "--width", "128"]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    # the child takes SIGINT as a terminal's Ctrl-C even when pytest itself was started in the background, where
+    # the shell hands its children SIGINT ignored (Python then installs no KeyboardInterrupt handler)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list(out.glob("leftImg8bit/train/*/*.png")) and time.time() < deadline:
         time.sleep(0.1)
