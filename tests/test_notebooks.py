@@ -46,7 +46,9 @@ def executed(tmp_path_factory):
     folders = {"runs_dir": root / "runs", "tables_dir": root / "tables", "figures_dir": root / "figures"}
     parameters = {"profile": "smoke", "seeds": [0], "overrides": small_data(root),
                   **{k: str(v) for k, v in folders.items()}}
-    return root, {s.stem: run_notebook(s, root, cell_timeout=900, **parameters) for s in SOURCES}
+    # the timeout only guards against a hung kernel: the Table 8 cell (its Guided Distillation runs) took over 900 s
+    # while two training jobs shared the 2 cores (the whole make test takes 9 min on an idle machine)
+    return root, {s.stem: run_notebook(s, root, cell_timeout=3600, **parameters) for s in SOURCES}
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
