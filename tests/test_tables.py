@@ -175,6 +175,12 @@ def test_plan_lists_shared_and_complete_runs_and_trains_nothing(cfg, built, caps
     assert len(other_fractions) and not other_fractions.complete.any()
     missing_training = other_fractions[other_fractions.iterations > 0]
     assert (missing_training["estimated s"] > 0).all()  # step times from the complete runs' timing.json
+    stand_ins = frame[frame.stage.str.startswith("pretrain")]
+    lengths = {"pretrain_teacher": cfg.train.pretrain.teacher_iterations,
+               "pretrain_backbone": cfg.train.pretrain.backbone_iterations}
+    assert (stand_ins.iterations == stand_ins.stage.map(lengths)).all()
+    untrained = stand_ins[~stand_ins.complete]  # Table 8's other backbones: their stand-ins count in the estimate
+    assert len(untrained) and (untrained["estimated s"] > 0).all()
     assert _run_folders(cfg) == before
     timing = read_timing(cast_runs["student"].dir)
     assert timing["iterations"] == cfg.train.student.iterations and timing["seconds"] > 0

@@ -44,6 +44,9 @@ STAGE_ITERATIONS: dict[str, Callable[[Config], int]] = {
     "supervised_student": lambda cfg: cfg.train.student.iterations + cfg.train.refinement.iterations,
     "guided_distillation_teacher": lambda cfg: cfg.baselines.guided_distillation.teacher_iterations,
     "guided_distillation": lambda cfg: cfg.baselines.guided_distillation.iterations,
+    # the source-domain stand-ins (castlib.engine.pretrain); one median step time serves every backbone's
+    "pretrain_teacher": lambda cfg: cfg.train.pretrain.teacher_iterations,
+    "pretrain_backbone": lambda cfg: cfg.train.pretrain.backbone_iterations,
 }
 
 
