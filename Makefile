@@ -4,11 +4,13 @@
 PYTHON ?= python3.11
 PROFILE ?= smoke
 TABLES ?= 3 4 5 6 7 8
+DATASETS ?= cityscapes ade20k
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
-RESULTS := results
+# smoke writes the committed results/{tables,figures}; another profile its own folder (results/mini/...)
+RESULTS ?= $(if $(filter smoke,$(PROFILE)),results,results/$(PROFILE))
 
 .PHONY: setup test test-slow test-all reproduce bench lint notebooks clean
 
@@ -33,15 +35,14 @@ test-slow: setup
 test-all: setup
 	$(PY) -m pytest -q
 
-## reproduce: data, splits, the CAST pipeline on both datasets, efficiency, every notebook in order (papermill):
-## executed notebooks to results/notebooks/, supplementary TABLES to results/tables/, figures to results/figures/
+## reproduce: data, splits, the CAST pipeline on DATASETS, efficiency, every notebook in order (papermill):
+## executed notebooks to RESULTS/notebooks/, supplementary TABLES to RESULTS/tables/, figures to RESULTS/figures/
+## (RESULTS: results on smoke, results/PROFILE otherwise)
 reproduce: setup
-	$(PY) -m castlib prepare --profile $(PROFILE) --dataset cityscapes
-	$(PY) -m castlib prepare --profile $(PROFILE) --dataset ade20k
-	$(PY) -m castlib train --profile $(PROFILE) --dataset cityscapes --stage cast
-	$(PY) -m castlib train --profile $(PROFILE) --dataset ade20k --stage cast
+	for d in $(DATASETS); do $(PY) -m castlib prepare --profile $(PROFILE) --dataset $$d || exit 1; done
+	for d in $(DATASETS); do $(PY) -m castlib train --profile $(PROFILE) --dataset $$d --stage cast || exit 1; done
 	$(PY) -m castlib efficiency --profile $(PROFILE) --dataset cityscapes --out $(RESULTS)/efficiency
-	$(PY) -m castlib notebooks --profile $(PROFILE) --out $(RESULTS)/notebooks $(NOTEBOOKS) --tables $(TABLES)
+	$(PY) -m castlib notebooks --profile $(PROFILE) --results $(RESULTS) $(NOTEBOOKS) --tables $(TABLES)
 
 ## bench: speed and memory benchmarks; ratios written to results/benchmarks/
 bench: setup

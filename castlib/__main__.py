@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from castlib.errors import CastError
 
@@ -52,9 +53,13 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_notebooks(args: argparse.Namespace) -> None:
     from castlib.notebooks import check_sources, notebook_sources, run_notebook
 
+    results = Path(args.results)
+    executed = Path(args.out) if args.out else results / "notebooks"
     for source in check_sources(args.sources) or notebook_sources():
         print(f"running {source} (profile {args.profile}) ...", flush=True)
-        print(f"  -> {run_notebook(source, args.out, profile=args.profile, tables=args.tables)}")
+        done = run_notebook(source, executed, profile=args.profile, tables=args.tables,
+                            tables_dir=str(results / "tables"), figures_dir=str(results / "figures"))
+        print(f"  -> {done}")
 
 
 TRAIN_STAGES = ("teacher_init", "teacher_finetune", "teacher_adaptation", "teacher_self_training", "pseudo_labels",
@@ -256,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("notebooks", help="run notebooks headless (papermill) from their .py sources")
     p.add_argument("sources", nargs="*", help="notebooks/NN_*.py files (default: all, in order)")
     p.add_argument("--profile", "-p", default="smoke")
-    p.add_argument("--out", default="results/notebooks", help="folder for executed notebooks and outputs")
+    p.add_argument("--results", default="results",
+                   help="the notebooks write tables to RESULTS/tables, figures to RESULTS/figures and, unless --out "
+                        "says otherwise, the executed notebooks to RESULTS/notebooks (default: results)")
+    p.add_argument("--out", help="folder for executed notebooks and their records (default: RESULTS/notebooks)")
     p.add_argument("--tables", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8], choices=range(3, 9), metavar="N",
                    help="the supplementary tables the notebooks build (default: 3 ... 8)")
     p.set_defaults(func=cmd_notebooks)

@@ -148,3 +148,34 @@ def test_only_the_parameters_a_notebook_declares_reach_it():
     declared = notebook_parameters(jupytext.read(next(s for s in SOURCES if s.stem.startswith("05"))))
     assert {"profile", "seeds", "tables", "output_dir", "interactive"} <= declared
     assert "tables" not in notebook_parameters(jupytext.read(SOURCES[0]))
+
+
+def test_notebooks_command_writes_tables_and_figures_under_its_results_folder(tmp_path, monkeypatch):
+    """`castlib notebooks --results R` hands every notebook R/tables and R/figures (a mini run must not write
+    over the committed smoke tables in results/tables) and executes into R/notebooks."""
+    import castlib.notebooks
+    from castlib.__main__ import main
+
+    calls = []
+    monkeypatch.setattr(castlib.notebooks, "run_notebook",
+                        lambda source, out_dir, **parameters: calls.append((source, out_dir, parameters)))
+    assert main(["notebooks", "--profile", "mini", "--results", str(tmp_path / "mini"), "--tables", "3", "6"]) == 0
+    assert [source for source, _, _ in calls] == SOURCES
+    for _, out_dir, parameters in calls:
+        assert out_dir == tmp_path / "mini" / "notebooks"
+        assert parameters["tables_dir"] == str(tmp_path / "mini" / "tables")
+        assert parameters["figures_dir"] == str(tmp_path / "mini" / "figures")
+        assert parameters["profile"] == "mini" and parameters["tables"] == [3, 6]
+
+
+@pytest.mark.parametrize(("profile", "results"), [("smoke", "results"), ("mini", "results/mini")])
+def test_make_reproduce_writes_a_profile_other_than_smoke_to_its_own_results_folder(profile, results):
+    import subprocess
+
+    from castlib.config import REPO_ROOT
+
+    dry = subprocess.run(["make", "-n", "reproduce", f"PROFILE={profile}", "DATASETS=cityscapes"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    notebooks = [line for line in dry.splitlines() if " -m castlib notebooks " in line]
+    assert len(notebooks) == 1 and f"--results {results} " in notebooks[0], dry
+    assert f"--out {results}/efficiency" in dry and "ade20k" not in dry
