@@ -5,6 +5,7 @@ PYTHON ?= python3.11
 PROFILE ?= smoke
 TABLES ?= 3 4 5 6 7 8
 DATASETS ?= cityscapes ade20k
+JOBS ?= 1
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -37,10 +38,11 @@ test-all: setup
 
 ## reproduce: data, splits, the CAST pipeline on DATASETS, efficiency, every notebook in order (papermill):
 ## executed notebooks to RESULTS/notebooks/, supplementary TABLES to RESULTS/tables/, figures to RESULTS/figures/
-## (RESULTS: results on smoke, results/PROFILE otherwise)
+## (RESULTS: results on smoke, results/PROFILE otherwise); the tables' runs train first, JOBS processes at a time
 reproduce: setup
 	for d in $(DATASETS); do $(PY) -m castlib prepare --profile $(PROFILE) --dataset $$d || exit 1; done
 	for d in $(DATASETS); do $(PY) -m castlib train --profile $(PROFILE) --dataset $$d --stage cast || exit 1; done
+	$(PY) -m castlib table $(TABLES) --profile $(PROFILE) --jobs $(JOBS) --out $(RESULTS)/tables
 	$(PY) -m castlib efficiency --profile $(PROFILE) --dataset cityscapes --out $(RESULTS)/efficiency
 	$(PY) -m castlib notebooks --profile $(PROFILE) --results $(RESULTS) $(NOTEBOOKS) --tables $(TABLES)
 

@@ -111,15 +111,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from castlib.report.ablations import build_table
+    from castlib.report.ablations import build_table, train_tables
     from castlib.report.tables import write_table
 
     cfg = config_from_args(args)
-    table = build_table(cfg, args.number, train=not args.no_train)
-    for path in write_table(table, f"{args.out}/table{args.number}"):
-        print(path)
-    print(table.attrs["caption"])
-    print(table[table.attrs["display_columns"]].to_string(index=False))
+    if args.jobs < 1:
+        raise CastError(f"--jobs {args.jobs}: give at least 1 worker process")
+    if args.jobs > 1 and not args.no_train:
+        train_tables(cfg, args.number, args.jobs)
+    for number in args.number:
+        table = build_table(cfg, number, train=not args.no_train)
+        for path in write_table(table, f"{args.out}/table{number}"):
+            print(path)
+        print(table.attrs["caption"])
+        print(table[table.attrs["display_columns"]].to_string(index=False))
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -151,6 +156,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
           f"{int(frame.complete.sum())} complete, {len(todo)} to run")
     print(f"estimated compute: {todo['estimated s'].sum() / 3600:.2f} h ({todo['estimated s'].sum():.0f} s)"
           + (f" plus stages without a step time: {', '.join(unknown)} (use --measure-steps N)" if unknown else ""))
+    spent = frame["spent s"].sum()
+    print(f"compute spent by the {int(frame.complete.sum())} complete runs: {spent / 3600:.2f} h ({spent:.0f} s; "
+          "training time, or run time for stages that train nothing)")
     print("step time (s per iteration; teacher_init and pseudo_labels: s per run) " + source + ":")
     for stage, seconds in sorted(step_times.items()):
         print(f"  {stage}: {seconds:.4g}")
@@ -230,9 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="overrides the config's seed")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("table", help="build supplementary Table N (3-8): train missing runs, write csv and md")
+    p = sub.add_parser("table", help="build supplementary Tables N (3-8): train missing runs, write csv and md")
     add_config_arguments(p)
-    p.add_argument("number", type=int, choices=range(3, 9), metavar="N", help="3 ... 8")
+    p.add_argument("number", type=int, nargs="+", choices=range(3, 9), metavar="N", help="3 ... 8 (several: in order)")
+    p.add_argument("--jobs", type=int, default=1, metavar="J",
+                   help="train the missing runs with J worker processes, each with 1/J of the CPU threads (default 1)")
     p.add_argument("--out", default="results/tables", help="folder for tableN.csv and tableN.md")
     p.add_argument("--no-train", action="store_true", help="only read existing runs; missing cells say 'not run'")
     p.set_defaults(func=cmd_table)

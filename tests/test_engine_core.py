@@ -15,7 +15,7 @@ from castlib.engine.checkpoint import load_checkpoint
 from castlib.engine.distributed import Context
 from castlib.engine.loop import train
 from castlib.engine.optim import build_optimizer, build_scheduler, clip_gradients
-from castlib.engine.runs import RunError, create_run, run_id
+from castlib.engine.runs import Run, RunError, claim, create_run, release, run_id
 
 CPU = Context(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 
@@ -62,6 +62,49 @@ def test_a_missing_or_incomplete_upstream_run_is_named(tmp_path):
 def _toy_optimizer(lr=1.0):
     model = nn.Linear(3, 2)
     return model, build_optimizer(model, {"all": (model.parameters(), lr)}, weight_decay=0.01)
+
+
+_HOLD_THEN = """
+import sys, time
+from pathlib import Path
+from castlib.engine.runs import Run, claim
+run = Run("r", Path(sys.argv[1]))
+assert claim(run)
+print("held", flush=True)
+sys.stdin.readline()
+if sys.argv[2] == "complete":
+    run.mark_complete()
+"""
+
+
+def _holder(tmp_path, then: str):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _HOLD_THEN, str(tmp_path / "r"), then], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child
+
+
+@pytest.mark.parametrize("then", ["complete", "die"])
+def test_a_run_another_process_trains_is_waited_for_then_reused_or_taken_over(tmp_path, capfd, then):
+    """Two processes on one runs folder never train a run at once: the second waits on the run's lock; it
+    reuses the run when the first completes it, and takes it over when the first ends without completing."""
+    import threading
+
+    child = _holder(tmp_path, then)
+    run = Run("r", tmp_path / "r")
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(claim(run)))
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not got  # blocked while the child holds the lock
+    child.communicate("go\n", timeout=60)
+    waiter.join(timeout=30)
+    assert got == [then == "die"] and run.complete == (then == "complete")
+    assert "another process is training it" in capfd.readouterr().err
+    release(run)
 
 
 @pytest.mark.parametrize("t", [0, 1, 89, 90, 94, 95, 99])

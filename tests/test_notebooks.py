@@ -179,3 +179,4 @@ def test_make_reproduce_writes_a_profile_other_than_smoke_to_its_own_results_fol
     notebooks = [line for line in dry.splitlines() if " -m castlib notebooks " in line]
     assert len(notebooks) == 1 and f"--results {results} " in notebooks[0], dry
     assert f"--out {results}/efficiency" in dry and "ade20k" not in dry
+    assert f"castlib table 3 4 5 6 7 8 --profile {profile} --jobs 1 --out {results}/tables" in dry

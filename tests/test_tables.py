@@ -16,7 +16,7 @@ from castlib.__main__ import main
 from castlib.config import load_config
 from castlib.engine import stages
 from castlib.engine.logs import read_timing
-from castlib.engine.plan import plan_frame, planning, registry_step_times
+from castlib.engine.plan import plan_frame, planning, registry_step_times, training_seconds
 from castlib.engine.runs import runs_dir
 from castlib.errors import ConfigError
 from castlib.report import ablations
@@ -181,6 +181,10 @@ def test_plan_lists_shared_and_complete_runs_and_trains_nothing(cfg, built, caps
     assert (stand_ins.iterations == stand_ins.stage.map(lengths)).all()
     untrained = stand_ins[~stand_ins.complete]  # Table 8's other backbones: their stand-ins count in the estimate
     assert len(untrained) and (untrained["estimated s"] > 0).all()
+    done, left = frame[frame.complete], frame[~frame.complete]
+    assert (done["spent s"] > 0).all() and left["spent s"].isna().all()  # what each complete run took
+    student_seconds = training_seconds(cast_runs["student"])
+    assert done.loc[cast_runs["student"].id, "spent s"] == pytest.approx(student_seconds, abs=0.1)
     assert _run_folders(cfg) == before
     timing = read_timing(cast_runs["student"].dir)
     assert timing["iterations"] == cfg.train.student.iterations and timing["seconds"] > 0
@@ -205,3 +209,28 @@ def test_table_and_train_commands(cfg, built, tmp_path, capsys):
     refined_line = next(line for line in out.splitlines() if line.startswith("refined:"))
     assert under_t1[-1] in refined_line
     assert main(["train", *sets, "--stage", "teacher_finetune", "--teacher", "zero_shot"]) == 2
+
+
+def test_table_units_go_seed_by_seed_over_each_tables_own_seeds():
+    mini = load_config("mini")  # table_seeds: one seed for Tables 4, 5 and 8
+    assert ablations.table_units(mini, [3, 4, 8]) == [(3, 0), (4, 0), (8, 0), (3, 1), (3, 2)]
+
+
+def test_table_jobs_train_two_tables_missing_runs_in_two_processes_at_once(cfg, built, tmp_path, capsys):
+    """`castlib table 4 7 --jobs 2`: the hinge and memory-bank students (a refinement length no run has yet)
+    train in two worker processes at the same time, the CAST row they share was trained first; every table
+    is then written from complete runs."""
+    overrides = [*_overrides(Path(cfg.runs_dir).parent), "train.refinement.iterations=2"]
+    longer = load_config("smoke", overrides)
+    stages.cast(longer, 0)  # the row both tables share, so the workers' runs do not overlap
+    needed = {n: ablations.missing_runs(longer, n, 0) for n in (4, 7)}
+    assert len(needed[4]) == len(needed[7]) == 1 and not needed[4] & needed[7]
+    capsys.readouterr()
+    assert main(["table", "4", "7", *set_args(overrides), "--jobs", "2", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    started = [i for i, line in enumerate(lines) if line.endswith(": training 1 runs")]
+    finished = [i for i, line in enumerate(lines) if line.endswith(": its runs are complete")]
+    assert len(started) == len(finished) == 2 and max(started) < min(finished)  # both ran at once
+    assert not ablations.missing_runs(longer, 4, 0) and not ablations.missing_runs(longer, 7, 0)
+    for n in (4, 7):
+        assert "not run" not in (tmp_path / f"table{n}.md").read_text()

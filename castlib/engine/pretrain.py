@@ -73,7 +73,7 @@ def pretrain_teacher(cfg: Config) -> Run:
     own supervised loss for ``train.pretrain.teacher_iterations``."""
     source, seed = source_config(cfg), cfg.train.pretrain.seed
     run, ctx = stages._start(source, "pretrain_teacher", {}, seed)
-    if stages._done(run):
+    if stages._done(run, ctx):
         return run
     stages._seed_everything(seed)
     model = build_model(source, "teacher", stages._num_classes(source), pretrained=False).to(ctx.device)
@@ -88,7 +88,7 @@ def pretrain_backbone(cfg: Config, backbone: str) -> Run:
     source, seed = source_config(cfg), cfg.train.pretrain.seed
     source.model.baseline_backbone = backbone
     run, ctx = stages._start(source, "pretrain_backbone", {}, seed, backbone=backbone)
-    if stages._done(run):
+    if stages._done(run, ctx):
         return run
     stages._seed_everything(seed)
     model = build_model(source, "baseline", stages._num_classes(source), pretrained=False).to(ctx.device)
@@ -134,7 +134,7 @@ def start_from_pretrained(cfg: Config, stage: str, which: str, seed: int, inputs
     complete, or the stages are only planning)."""
     inputs = {**(inputs or {}), **stand_in_inputs(cfg, which)}
     run, ctx = stages._start(cfg, stage, inputs, seed)
-    if stages._done(run):
+    if stages._done(run, ctx):
         return run, ctx, None
     stages._seed_everything(seed)
     return run, ctx, initial_model(cfg, which, inputs).to(ctx.device)

@@ -13,17 +13,22 @@ and a seed. Its id is a hash of those, so asking twice for the same run finds th
     ``model/``         the final weights (``save_pretrained`` layout)
     ``pseudo_labels/`` (pseudo-label runs) annotations in the dataset's own format
     ``complete.json``  written last: a run with it is reused, never retrained
+    ``.lock``          held (``flock``) by the one process training the run; another that asks waits for it
 
 Every file is written atomically (:mod:`castlib.io`), so a run killed at any point keeps what it
-had written and resumes from its last checkpoint.
+had written and resumes from its last checkpoint. Processes that share a runs folder (two notebooks, ``castlib
+table --jobs``) never train the same run twice: :func:`claim` takes the run's lock before training, and a
+process that finds it taken waits, then reuses the finished run.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -136,6 +141,7 @@ class Run:
     def mark_complete(self, summary: Mapping[str, Any] | None = None) -> None:
         write_json_atomic(self.dir / "complete.json", {"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                                        **(summary or {})})
+        release(self)
 
     def require_complete(self, role: str = "input") -> Run:
         if not (self.dir / "run.json").is_file():
@@ -143,6 +149,40 @@ class Run:
         if not self.complete:
             raise RunError(self.dir, f"{role} run {self.id} ({self.stage}) is not complete (resume it first)")
         return self
+
+
+_CLAIMED: dict[Path, Any] = {}  # run folder -> the open lock file this process holds
+
+
+def claim(run: Run) -> bool:
+    """Whether this process is to train ``run``: False when it is complete; else True once this process holds
+    the run's lock (``<run>/.lock``), after waiting while another process trains it, and False when that
+    process completed it meanwhile. :meth:`Run.mark_complete` releases the lock (and so does the process's
+    end, whatever ends it)."""
+    if run.complete:
+        return False
+    if run.dir in _CLAIMED:
+        return True
+    run.dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run.dir / ".lock", "a")  # noqa: SIM115 (held open until the run completes)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"run {run.id}: another process is training it; waiting for it to finish", file=sys.stderr,
+              flush=True)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+    if run.complete:
+        handle.close()
+        return False
+    _CLAIMED[run.dir] = handle
+    return True
+
+
+def release(run: Run) -> None:
+    """Give up this process's lock on ``run`` (nothing when it holds none)."""
+    handle = _CLAIMED.pop(run.dir, None)
+    if handle is not None:
+        handle.close()
 
 
 def _read_json(path: Path) -> dict:

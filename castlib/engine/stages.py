@@ -51,7 +51,7 @@ from castlib.engine.loop import train
 from castlib.engine.objective import Objective
 from castlib.engine.optim import build_optimizer, build_scheduler
 from castlib.engine.plan import STAGE_ITERATIONS, current_plan
-from castlib.engine.runs import Run, RunError, create_run
+from castlib.engine.runs import Run, RunError, claim, create_run
 from castlib.errors import ConfigError, DataError
 from castlib.eval import eval_options, evaluate_model
 from castlib.io import write_json_atomic
@@ -186,9 +186,13 @@ def _start(cfg: Config, stage: str, inputs: Mapping[str, Run], seed: int, **opti
     return run, ctx
 
 
-def _done(run: Run) -> bool:
-    """Nothing to train: the run is complete, or the stages are only planning (:mod:`castlib.engine.plan`)."""
-    return run.complete or current_plan() is not None
+def _done(run: Run, ctx: D.Context) -> bool:
+    """Nothing to train: the run is complete (perhaps by another process this one waited for: :func:`claim`),
+    or the stages are only planning (:mod:`castlib.engine.plan`). One process (``ctx.world == 1``) claims the
+    run's lock; torchrun's ranks train one run together and take none."""
+    if current_plan() is not None or run.complete:
+        return True
+    return ctx.world == 1 and not claim(run)
 
 
 def _seed_everything(seed: int) -> None:
@@ -231,7 +235,7 @@ def _teacher_training(cfg: Config, stage: str, init: Run, labels: Run | None, co
     seed = _seed(cfg, seed)
     inputs = {"init": init} | ({"pseudo_labels": labels} if labels is not None else {})
     run, ctx = _start(cfg, stage, inputs, seed, contrastive=contrastive)
-    if _done(run):
+    if _done(run, ctx):
         return run
     t = cfg.train.teacher
     iterations = t.finetune_iterations if stage == "teacher_finetune" else t.self_training_iterations
@@ -272,7 +276,7 @@ def pseudo_labels(cfg: Config, teacher: Run) -> Run:
     ``<run>/pseudo_labels/`` so the ordinary loader reads them. Resumable image by image; processes share
     the images under torchrun."""
     run, ctx = _start(cfg, "pseudo_labels", {"teacher": teacher}, seed=0)
-    if _done(run):
+    if _done(run, ctx):
         return run
     p = cfg.train.pseudo_labels
     model = load_model(cfg, teacher, "teacher").to(ctx.device).eval()
@@ -337,7 +341,7 @@ def student_refinement(cfg: Config, student: Run, seed: int | None = None) -> Ru
     student's optimiser settings (supplementary Table 2) for ``train.refinement.iterations``."""
     seed = _seed(cfg, seed)
     run, ctx = _start(cfg, "student_refinement", {"student": student}, seed)
-    if _done(run):
+    if _done(run, ctx):
         return run
     _seed_everything(seed)
     model = load_model(cfg, student, "student").to(ctx.device)

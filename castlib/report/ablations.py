@@ -322,3 +322,71 @@ def build_table(cfg: Config, number: int, train: bool = True) -> pd.DataFrame:
     if number not in TABLES:
         raise ConfigError(None, "table", f"no builder for Table {number}; tables are {sorted(TABLES)}")
     return TABLES[number](table_config(cfg, number), train=train)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training the tables' runs with several processes (``python -m castlib table 3 6 7 --jobs 2``).
+
+def _one_seed(cfg: Config, seed: int) -> Config:
+    out = copy.deepcopy(cfg)
+    out.seeds = [seed]
+    return out
+
+
+def table_units(cfg: Config, numbers: Sequence[int]) -> list[tuple[int, int]]:
+    """The (table, seed) pairs whose runs make Tables ``numbers``, seed by seed (each table over the seeds
+    :func:`table_config` gives it)."""
+    seeds = {number: table_config(cfg, number).seeds for number in numbers}
+    return [(number, seed) for seed in sorted({s for chosen in seeds.values() for s in chosen})
+            for number in numbers if seed in seeds[number]]
+
+
+def missing_runs(cfg: Config, number: int, seed: int) -> set[str]:
+    """Ids of the runs Table ``number`` still needs for ``seed`` (planning mode: nothing is trained)."""
+    with planning() as plan:
+        build_table(_one_seed(cfg, seed), number, train=False)
+    return {run_id for run_id, planned in plan.runs.items() if not planned.complete}
+
+
+def _train_unit(cfg: Config, number: int, seed: int, threads: int) -> tuple[int, int]:
+    """A worker process: train what Table ``number`` needs for ``seed`` with ``threads`` CPU threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    build_table(_one_seed(cfg, seed), number, train=True)
+    return number, seed
+
+
+def train_tables(cfg: Config, numbers: Sequence[int], jobs: int) -> None:
+    """Train every run Tables ``numbers`` need with ``jobs`` worker processes, each given an equal share of the
+    CPU threads. A worker takes one (table, seed) pair (:func:`table_units`) at a time, and only a pair none of
+    whose missing runs another worker is training, so no worker waits on another's run; the registry's locks
+    (:func:`castlib.engine.runs.claim`) keep a run from being trained twice all the same. A worker's error
+    ends the command once the other workers' current pairs finish (their runs are kept)."""
+    import concurrent.futures as cf
+    import multiprocessing
+    import os
+
+    stages.check_data(cfg, "knowledge_transfer")  # the data ready before planning reads its digests
+    pending, running = table_units(cfg, numbers), {}
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            busy = set().union(*running.values())
+            for unit in list(pending):
+                if len(running) >= jobs:
+                    break
+                needs = missing_runs(cfg, *unit)
+                if not needs:
+                    pending.remove(unit)
+                elif not needs & busy:
+                    pending.remove(unit)
+                    busy |= needs
+                    print(f"Table {unit[0]} seed {unit[1]}: training {len(needs)} runs", flush=True)
+                    running[pool.submit(_train_unit, cfg, *unit, threads)] = needs
+            if running:
+                finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in finished:
+                    del running[future]
+                    number, seed = future.result()
+                    print(f"Table {number} seed {seed}: its runs are complete", flush=True)
