@@ -81,6 +81,7 @@ def _holder(tmp_path, then: str):
     import subprocess
     import sys
 
+    (tmp_path / "r").mkdir()
     child = subprocess.Popen([sys.executable, "-c", _HOLD_THEN, str(tmp_path / "r"), then], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"

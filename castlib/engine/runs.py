@@ -13,12 +13,12 @@ and a seed. Its id is a hash of those, so asking twice for the same run finds th
     ``model/``         the final weights (``save_pretrained`` layout)
     ``pseudo_labels/`` (pseudo-label runs) annotations in the dataset's own format
     ``complete.json``  written last: a run with it is reused, never retrained
-    ``.lock``          held (``flock``) by the one process training the run; another that asks waits for it
 
 Every file is written atomically (:mod:`castlib.io`), so a run killed at any point keeps what it
-had written and resumes from its last checkpoint. Processes that share a runs folder (two notebooks, ``castlib
-table --jobs``) never train the same run twice: :func:`claim` takes the run's lock before training, and a
-process that finds it taken waits, then reuses the finished run.
+had written and resumes from its last checkpoint. Processes of one machine that share a runs folder (two
+notebooks, ``castlib table --jobs``) never train the same run twice: :func:`claim` takes the run's lock (a file
+under the temporary folder, so run folders hold only what they list above) before training, and a process that
+finds it taken waits, then reuses the finished run.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -151,20 +153,26 @@ class Run:
         return self
 
 
+def lock_path(run: Run) -> Path:
+    """The lock file of ``run``: ``<tmp>/castlib-locks-<uid>/<digest of the run folder's real path>.lock``."""
+    folder = Path(tempfile.gettempdir()) / f"castlib-locks-{os.getuid()}"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{hashlib.sha256(str(run.dir.resolve()).encode()).hexdigest()[:20]}.lock"
+
+
 _CLAIMED: dict[Path, Any] = {}  # run folder -> the open lock file this process holds
 
 
 def claim(run: Run) -> bool:
     """Whether this process is to train ``run``: False when it is complete; else True once this process holds
-    the run's lock (``<run>/.lock``), after waiting while another process trains it, and False when that
+    the run's lock (:func:`lock_path`), after waiting while another process trains it, and False when that
     process completed it meanwhile. :meth:`Run.mark_complete` releases the lock (and so does the process's
     end, whatever ends it)."""
     if run.complete:
         return False
     if run.dir in _CLAIMED:
         return True
-    run.dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run.dir / ".lock", "a")  # noqa: SIM115 (held open until the run completes)
+    handle = open(lock_path(run), "a")  # noqa: SIM115 (held open until the run completes)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
