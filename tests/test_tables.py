@@ -234,3 +234,21 @@ def test_table_jobs_train_two_tables_missing_runs_in_two_processes_at_once(cfg, 
     assert not ablations.missing_runs(longer, 4, 0) and not ablations.missing_runs(longer, 7, 0)
     for n in (4, 7):
         assert "not run" not in (tmp_path / f"table{n}.md").read_text()
+
+
+def test_a_table_workers_error_reaches_the_parent_as_one_line(monkeypatch):
+    """An error in a `--jobs` worker is pickled back to the parent; the kit's errors with their own arguments
+    (RunError, DataError) would fail to unpickle there and end in a traceback."""
+    import pickle
+
+    from castlib.engine.runs import RunError
+    from castlib.errors import CastError
+
+    def broken(cfg, number, train):
+        raise RunError("/runs/abc/checkpoints/last.pt", "corrupt checkpoint")
+
+    monkeypatch.setattr(ablations, "build_table", broken)
+    with pytest.raises(CastError) as err:
+        ablations._train_unit(load_config("smoke"), 6, 1, threads=1)
+    again = pickle.loads(pickle.dumps(err.value))
+    assert str(again) == "/runs/abc/checkpoints/last.pt: corrupt checkpoint (Table 6, seed 1)"

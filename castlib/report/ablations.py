@@ -32,7 +32,7 @@ from castlib.config import Config
 from castlib.engine import stages
 from castlib.engine.plan import current_plan, planning, training_seconds
 from castlib.engine.runs import Run
-from castlib.errors import ConfigError
+from castlib.errors import CastError, ConfigError
 
 NOT_RUN = "not run"
 GD_BACKBONES = ("resnet50", "dinov2_b", "dinov2_l")  # supplementary Table 8
@@ -353,7 +353,10 @@ def _train_unit(cfg: Config, number: int, seed: int, threads: int) -> tuple[int,
     import torch
 
     torch.set_num_threads(threads)
-    build_table(_one_seed(cfg, seed), number, train=True)
+    try:
+        build_table(_one_seed(cfg, seed), number, train=True)
+    except CastError as e:  # its subclasses' own arguments do not survive the pickling back to the parent
+        raise CastError(f"{e} (Table {number}, seed {seed})") from None
     return number, seed
 
 
