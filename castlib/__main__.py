@@ -148,7 +148,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
         source += f", else measured by {args.measure_steps}-step runs in {runs_dir(cfg) / 'step_time'}"
     frame = plan_frame(plan, step_times)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.max_rows", None):
-        print(frame.drop(columns="needed by").to_string(index=False))
+        print(frame.drop(columns="needed by").to_string(index=False, float_format=lambda s: f"{s:.4g}"))
     todo = frame[~frame.complete]
     unknown = sorted(set(todo.stage[todo["estimated s"].isna()]))
     print(f"\ntables {' '.join(map(str, args.tables))}, profile {cfg.profile}, dataset {cfg.data.dataset}, "

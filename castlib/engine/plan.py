@@ -174,10 +174,6 @@ def spent_seconds(planned: PlannedRun) -> float | None:
     return wall_seconds(planned.run) if planned.stage in _PER_RUN_STAGES else training_seconds(planned.run)
 
 
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 1)
-
-
 def _table_of(label: str) -> str:
     """``"Table 4 hinge"`` -> ``"Table 4"``; another label stands for itself."""
     words = label.split()
@@ -186,15 +182,15 @@ def _table_of(label: str) -> str:
 
 def plan_frame(plan: Plan, step_times: dict[str, float]) -> pd.DataFrame:
     """One row per planned run: id, stage, seed, iterations, complete, estimated seconds (what is left), spent
-    seconds (what a complete run took), the tables that need it (``shared`` when more than one table does)
+    seconds (what a complete run took; both unrounded, so a run of a few milliseconds is not 0), the tables that need it (``shared`` when more than one table does)
     and the rows that ask for it."""
     rows = []
     for planned in plan.runs.values():
         tables = list(dict.fromkeys(_table_of(label) for label in planned.needed_by))
         rows.append({"run": planned.run.id, "stage": planned.stage, "seed": planned.seed,
                      "iterations": planned.iterations, "complete": planned.complete,
-                     "estimated s": _rounded(estimated_seconds(planned, step_times)),
-                     "spent s": _rounded(spent_seconds(planned)), "tables": ", ".join(tables),
+                     "estimated s": estimated_seconds(planned, step_times),
+                     "spent s": spent_seconds(planned), "tables": ", ".join(tables),
                      "shared": len(tables) > 1, "needed by": "; ".join(planned.needed_by)})
     return pd.DataFrame(rows)
 
