@@ -130,7 +130,8 @@ def cmd_table(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from castlib.engine.plan import measure_step_times, plan_frame, planning, registry_step_times
+    from castlib.engine.plan import (estimated_seconds, measure_step_times, plan_frame, planning,
+                                     registry_step_times)
     from castlib.engine.runs import runs_dir
     from castlib.report.ablations import build_table
 
@@ -144,22 +145,27 @@ def cmd_plan(args: argparse.Namespace) -> None:
     step_times = registry_step_times(runs_dir(cfg), cfg.profile, cfg.data.dataset)
     source = f"timed by complete {cfg.profile} {cfg.data.dataset} runs in {runs_dir(cfg)}"
     if args.measure_steps:
-        step_times = measure_step_times(cfg, args.measure_steps) | step_times
+        untimed = {planned.timing for planned in plan.runs.values()
+                   if not planned.complete and planned.timing not in step_times}
+        step_times = measure_step_times(cfg, args.measure_steps, untimed) | step_times
         source += f", else measured by {args.measure_steps}-step runs in {runs_dir(cfg) / 'step_time'}"
     frame = plan_frame(plan, step_times)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.max_rows", None):
         print(frame.drop(columns="needed by").to_string(index=False, float_format=lambda s: f"{s:.4g}"))
     todo = frame[~frame.complete]
-    unknown = sorted(set(todo.stage[todo["estimated s"].isna()]))
+    unknown = sorted({planned.timing for planned in plan.runs.values()
+                      if estimated_seconds(planned, step_times) is None})
     print(f"\ntables {' '.join(map(str, args.tables))}, profile {cfg.profile}, dataset {cfg.data.dataset}, "
           f"seeds {list(cfg.seeds)}: {len(frame)} runs, {int(frame.shared.sum())} shared by several tables, "
           f"{int(frame.complete.sum())} complete, {len(todo)} to run")
-    print(f"estimated compute: {todo['estimated s'].sum() / 3600:.2f} h ({todo['estimated s'].sum():.0f} s)"
+    print(f"estimated compute: {todo['estimated s'].sum() / 3600:.2f} h ({todo['estimated s'].sum():.0f} s of training "
+          "steps and pseudo-labelling; each training run's evaluation comes on top)"
           + (f" plus stages without a step time: {', '.join(unknown)} (use --measure-steps N)" if unknown else ""))
     spent = frame["spent s"].sum()
     print(f"compute spent by the {int(frame.complete.sum())} complete runs: {spent / 3600:.2f} h ({spent:.0f} s; "
           "training time, or run time for stages that train nothing)")
-    print("step time (s per iteration; teacher_init and pseudo_labels: s per run) " + source + ":")
+    print("step time (s per iteration, per backbone where it varies; teacher_init and pseudo_labels: s per run) "
+          + source + ":")
     for stage, seconds in sorted(step_times.items()):
         print(f"  {stage}: {seconds:.4g}")
 

@@ -18,7 +18,7 @@ import contextvars
 import copy
 import json
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,20 +44,40 @@ STAGE_ITERATIONS: dict[str, Callable[[Config], int]] = {
     "supervised_student": lambda cfg: cfg.train.student.iterations + cfg.train.refinement.iterations,
     "guided_distillation_teacher": lambda cfg: cfg.baselines.guided_distillation.teacher_iterations,
     "guided_distillation": lambda cfg: cfg.baselines.guided_distillation.iterations,
-    # the source-domain stand-ins (castlib.engine.pretrain); one median step time serves every backbone's
+    # the source-domain stand-ins (castlib.engine.pretrain)
     "pretrain_teacher": lambda cfg: cfg.train.pretrain.teacher_iterations,
     "pretrain_backbone": lambda cfg: cfg.train.pretrain.backbone_iterations,
 }
 
+# The backbone a stage trains, where it varies between runs of the stage: Table 8's Guided Distillation on
+# ResNet-50 and DINOv2-B/L, and their stand-ins, cost several times a DINOv2-S step, so their step times are kept
+# per backbone (:func:`timing_key`).
+_BACKBONE_OF: dict[str, Callable[[Config], str]] = {
+    **dict.fromkeys(("knowledge_transfer", "student_refinement", "supervised_student"),
+                    lambda cfg: cfg.model.student_backbone),
+    **dict.fromkeys(("guided_distillation_teacher", "guided_distillation"), lambda cfg: cfg.model.baseline_backbone),
+    # a stand-in trains a student-architecture model on model.baseline_backbone (castlib.engine.pretrain), which
+    # its run's config.yaml (the keys the stage reads) holds as the option ``backbone``
+    "pretrain_backbone": lambda cfg: cfg.options.backbone if "options" in cfg else cfg.model.baseline_backbone,
+}
+
+
+def timing_key(cfg: Config, stage: str) -> str:
+    """What a step time is kept under: the stage, with its backbone where that varies
+    (``"guided_distillation/resnet50"``); ``cfg`` is the stage's own config (a run's ``config.yaml``)."""
+    return f"{stage}/{_BACKBONE_OF[stage](cfg)}" if stage in _BACKBONE_OF else stage
+
 
 @dataclass
 class PlannedRun:
-    """One run a plan needs: its handle, stage, seed, training iterations and who asked for it."""
+    """One run a plan needs: its handle, stage, seed, training iterations, the key of its step time
+    (:func:`timing_key`) and who asked for it."""
 
     run: Run
     stage: str
     seed: int
     iterations: int
+    timing: str
     needed_by: list[str] = field(default_factory=list)
 
     @property
@@ -80,7 +100,7 @@ class Plan:
         planned = self.runs.get(run.id)
         if planned is None:
             iterations = STAGE_ITERATIONS[stage](cfg) if stage in STAGE_ITERATIONS else 0
-            planned = self.runs[run.id] = PlannedRun(run, stage, seed, iterations)
+            planned = self.runs[run.id] = PlannedRun(run, stage, seed, iterations, timing_key(cfg, stage))
         if self.label and self.label not in planned.needed_by:
             planned.needed_by.append(self.label)
 
@@ -140,19 +160,22 @@ def wall_seconds(run: Run) -> float | None:
 
 
 def registry_step_times(root: Path, profile: str, dataset: str) -> dict[str, float]:
-    """Per stage, seconds per unit of work over the complete runs of ``profile`` on ``dataset`` under ``root``
-    (median):
-    training stages per iteration (their logged step time), the others per run (``run.json`` to
-    ``complete.json``: teacher_init's evaluation, a pseudo-labelling pass over D_u)."""
+    """Per stage (per stage and backbone, :func:`timing_key`), seconds per unit of work over the complete runs of
+    ``profile`` on ``dataset`` under ``root`` (median): training stages per iteration (their logged step time),
+    the others per run (``run.json`` to ``complete.json``: teacher_init's evaluation, a pseudo-labelling pass
+    over D_u)."""
     found: dict[str, list[float]] = {}
     for info_path in sorted(root.glob("*/run.json")):
         run = Run(info_path.parent.name, info_path.parent)
         info = json.loads(info_path.read_text())
-        if info.get("profile") != profile or not run.complete or run.config().data.dataset != dataset:
+        if info.get("profile") != profile or not run.complete:
+            continue
+        config = run.config()
+        if config.data.dataset != dataset:
             continue
         seconds = logged_step_time(run) if info["stage"] not in _PER_RUN_STAGES else wall_seconds(run)
         if seconds is not None:
-            found.setdefault(info["stage"], []).append(seconds)
+            found.setdefault(timing_key(config, info["stage"]), []).append(seconds)
     return {stage: statistics.median(times) for stage, times in found.items()}
 
 
@@ -160,9 +183,9 @@ def estimated_seconds(planned: PlannedRun, step_times: dict[str, float]) -> floa
     """What a run still costs: 0 when complete, else iterations x step time (or one run's time)."""
     if planned.complete:
         return 0.0
-    if planned.stage not in step_times:
+    if planned.timing not in step_times:
         return None
-    unit = step_times[planned.stage]
+    unit = step_times[planned.timing]
     return unit if planned.stage in _PER_RUN_STAGES else unit * planned.iterations
 
 
@@ -181,13 +204,14 @@ def _table_of(label: str) -> str:
 
 
 def plan_frame(plan: Plan, step_times: dict[str, float]) -> pd.DataFrame:
-    """One row per planned run: id, stage, seed, iterations, complete, estimated seconds (what is left), spent
+    """One row per planned run: id, stage, backbone (where the stage's varies), seed, iterations, complete, estimated seconds (what is left), spent
     seconds (what a complete run took; both unrounded, so a run of a few milliseconds is not 0), the tables that need it (``shared`` when more than one table does)
     and the rows that ask for it."""
     rows = []
     for planned in plan.runs.values():
         tables = list(dict.fromkeys(_table_of(label) for label in planned.needed_by))
-        rows.append({"run": planned.run.id, "stage": planned.stage, "seed": planned.seed,
+        rows.append({"run": planned.run.id, "stage": planned.stage, "backbone": planned.timing.partition("/")[2],
+                     "seed": planned.seed,
                      "iterations": planned.iterations, "complete": planned.complete,
                      "estimated s": estimated_seconds(planned, step_times),
                      "spent s": spent_seconds(planned), "tables": ", ".join(tables),
@@ -195,18 +219,32 @@ def plan_frame(plan: Plan, step_times: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def measure_step_times(cfg: Config, steps: int = 3) -> dict[str, float]:
-    """Train the CAST pipeline for ``steps`` iterations per stage into ``<runs_dir>/step_time/`` (reused when
-    there) and return the step times its logs recorded. It runs the profile's real models and data, so on a
-    full data set the two pseudo-labelling passes over D_u take their real time."""
+def measure_step_times(cfg: Config, steps: int = 3, needed: Iterable[str] = ()) -> dict[str, float]:
+    """Train short runs, ``steps`` iterations a stage (the stand-ins' pretraining too), into
+    ``<runs_dir>/step_time/`` (reused when there) and return the step times their logs recorded: the CAST pipeline
+    always; the supervised student and each other backbone's stand-in and Guided Distillation stages when a
+    :func:`timing_key` in ``needed`` asks for them. They run the profile's real models and data, so on a full
+    data set the two pseudo-labelling passes over D_u take their real time."""
+    from castlib.baselines.guided_distillation import guided_distillation
     from castlib.engine import stages
 
     root = runs_dir(cfg) / STEP_TIME_DIR
     short = copy.deepcopy(cfg)
-    t = short.train
+    t, gd = short.train, short.baselines.guided_distillation
     t.teacher.finetune_iterations = t.teacher.self_training_iterations = steps
     t.student.iterations = t.refinement.iterations = steps
+    t.pretrain.teacher_iterations = t.pretrain.backbone_iterations = steps
+    gd.burn_in_iterations = round(steps * gd.burn_in_iterations / gd.iterations)  # the burn-in's share of stage 2
+    gd.teacher_iterations = gd.iterations = steps
     t.log_every = 1
     short.runs_dir = str(root)
     stages.cast(short)
+    needed = set(needed)
+    if any(key.startswith("supervised_student/") for key in needed):
+        stages.supervised_student(short)
+    stages_of = {(key.split("/")[0], key.split("/")[1]) for key in needed if "/" in key}
+    # a Guided Distillation run trains its backbone's stand-in, its stage-1 teacher and its stage 2
+    for backbone in sorted({b for stage, b in stages_of if stage.startswith("guided_distillation")
+                            or (stage == "pretrain_backbone" and b != cfg.model.student_backbone)}):
+        guided_distillation(short, backbone, short.data.label_fraction)
     return registry_step_times(root, cfg.profile, cfg.data.dataset)
