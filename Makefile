@@ -6,8 +6,6 @@ PROFILE ?= smoke
 TABLES ?= 3 4 5 6 7 8
 DATASETS ?= cityscapes ade20k
 JOBS ?= 1
-# make test's pytest-xdist workers: one per core here (a test file's tests stay in one worker, sharing its fixtures)
-TEST_WORKERS ?= 2
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -26,9 +24,9 @@ $(STAMP): pyproject.toml
 ## setup: create .venv and install castlib with its pinned dependencies (skipped when done)
 setup: $(STAMP)
 
-## test: the test suite, notebooks included (papermill, smoke profile); slow tests excluded; TEST_WORKERS processes
+## test: the test suite, notebooks included (papermill, smoke profile); slow tests excluded
 test: setup
-	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -m "not slow"
 
 ## test-slow: the slow reliability tests (kill `make reproduce` and rerun; a smoke run twice, bit-identical)
 test-slow: setup

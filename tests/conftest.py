@@ -12,9 +12,7 @@ import torch
 from castlib.config import load_config
 from castlib.data.synthetic import SyntheticSpec, generate
 
-# make test runs pytest-xdist workers (Makefile TEST_WORKERS): each takes its share of the cores
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 CITYSCAPES_SPEC = SyntheticSpec("cityscapes", train=12, val=4, height=128, width=256, seed=3)
 ADE20K_SPEC = SyntheticSpec("ade20k", train=12, val=4, height=160, width=0, seed=3)
