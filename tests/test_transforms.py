@@ -50,6 +50,19 @@ def test_the_weak_view_moves_image_and_masks_together(seed):
             assert np.abs(image[inner] - colours[label]).max() <= 2
 
 
+def test_both_views_stay_in_the_unit_range_where_a_float_resize_rounds_past_1():
+    sample, _ = painted_sample(0)
+    sample = sample.replace(image=tv_tensors.Image(torch.full_like(sample.image, 255)))  # white: 1.0 everywhere
+    views = TrainViews(crop=(64, 112), short_side=(48, 160), hflip=0.5, strong_options=STRONG)
+    highest = 0.0
+    for seed in range(30):  # a plain float resize of white reaches 1.0000002 within a few sizes
+        torch.manual_seed(seed)
+        out = views(sample)
+        highest = max(highest, float(out.image.max()), float(out.strong.max()))
+        assert out.image.min() >= 0 and out.strong.min() >= 0
+    assert highest == 1.0
+
+
 def test_flips_and_crops_do_happen():
     sample, _ = painted_sample(0)
     views = TrainViews(crop=(64, 112), short_side=(96, 96), hflip=0.5, strong_options=None)

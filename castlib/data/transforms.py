@@ -35,6 +35,11 @@ def _float(image: torch.Tensor) -> tv_tensors.Image:
     return tv_tensors.Image(v2.functional.to_dtype(image, torch.float32, scale=True))
 
 
+def _unit_range(image: torch.Tensor) -> tv_tensors.Image:
+    """Clamped to [0, 1]: a float resize's or blur's rounding can step past 1 (seen: 1.0000002)."""
+    return tv_tensors.Image(image.as_subclass(torch.Tensor).clamp(0.0, 1.0))
+
+
 def geometric_transform(crop: tuple[int, int], short_side: tuple[int, int], hflip: float) -> v2.Transform:
     """Random resize of the shorter side to ``[short_side[0], short_side[1]]``, crop, flip."""
     return v2.Compose([
@@ -67,16 +72,17 @@ class TrainViews:
     def strong_view(self, image: torch.Tensor) -> tuple[tv_tensors.Image, torch.Tensor | None]:
         """The strong view of the weak ``image`` and, with the resized crop, its box (top, left, height, width)."""
         if self.strong_crop is None:
-            return self.photometric(image), None
+            return _unit_range(self.photometric(image)), None
         top, left, height, width = RandomResizedCrop.get_params(image, list(self.strong_crop["scale"]),
                                                                 list(self.strong_crop["ratio"]))
         cropped = v2.functional.resized_crop(image, top, left, height, width, list(image.shape[-2:]), antialias=True)
-        return self.photometric(cropped), torch.tensor([top, left, height, width], dtype=torch.float32)
+        return _unit_range(self.photometric(cropped)), torch.tensor([top, left, height, width], dtype=torch.float32)
 
     def __call__(self, sample: InstanceSample) -> InstanceSample:
         everywhere = torch.ones(1, *sample.size, dtype=torch.uint8)
         image, masks = self.geometric(_float(sample.image),
                                       tv_tensors.Mask(torch.cat([sample.masks.to(torch.uint8), everywhere])))
+        image = _unit_range(image)
         valid = masks[-1].as_subclass(torch.Tensor).bool()
         masks, labels = _drop_empty(masks[:-1], sample.labels)
         strong, box = self.strong_view(image) if self.photometric is not None else (None, None)
