@@ -65,13 +65,15 @@ def test_the_stand_in_trains_on_the_source_domain_set(cfg, teacher_stand_in):
 def test_a_stand_in_is_trained_once_for_every_seed_and_label_fraction(cfg, teacher_stand_in, monkeypatch):
     monkeypatch.setattr(stages, "_fit", lambda *a, **k: pytest.fail("a complete pretrain run was trained again"))
     for changes in ([], ["seed=3"], ["data.label_fraction=0.3"], ["train.student.iterations=99"],
-                    ["train.pretrain.backbone_iterations=7"]):  # the other stand-in's length
+                    ["train.pretrain.backbone_iterations=7"],  # the other stand-in's length
+                    ["data.synthetic.source.ade20k.train=5", "data.synthetic.cityscapes.val=3"]):  # not its set
         again = pretrain.pretrain_teacher(load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), *changes]))
         assert again.id == teacher_stand_in.id
-    other = load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), "train.pretrain.teacher_iterations=3"])
-    assert stages.create_run(other, "pretrain_teacher", stages.stage_config(pretrain.source_config(other),
-                                                                            "pretrain_teacher"), {}, 0).id \
-        != teacher_stand_in.id
+    for change in ("train.pretrain.teacher_iterations=3", "data.synthetic.source.cityscapes.val=3"):
+        other = load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), change])
+        assert stages.create_run(other, "pretrain_teacher", stages.stage_config(pretrain.source_config(other),
+                                                                                "pretrain_teacher"), {}, 0).id \
+            != teacher_stand_in.id, change
 
 
 def test_theta_t0_is_the_teacher_stand_in_with_the_target_configs_trainable_parts(cfg, teacher_stand_in):

@@ -131,7 +131,9 @@ def test_changing_a_key_a_stage_never_reads_reuses_its_run(cfg, pipeline, monkey
         raise AssertionError("a run was trained again for a key it never reads")
 
     root = Path(cfg.runs_dir).parent
-    timing = load_config("smoke", [*_overrides(root), "eval.efficiency.repeats=9", "data.num_workers=1"])
+    timing = load_config("smoke", [*_overrides(root), "eval.efficiency.repeats=9", "data.num_workers=1",
+                                   # the other format's sets (this is Cityscapes): target and source sizes
+                                   "data.synthetic.ade20k.val=7", "data.synthetic.source.ade20k.train=9"])
     dice = load_config("smoke", [*_overrides(root), "loss.dice_weight=1.0", "train.student.iterations=7"])
     monkeypatch.setattr(stages, "train", refuse)
     assert {k: r.id for k, r in stages.cast(timing).items()} == {k: r.id for k, r in pipeline.items()}

@@ -94,6 +94,9 @@ _STAGE_KEYS = {
                           "model.backbones", "model.pixel_decoder", "model.decoder", "model.projection", "loss",
                           "train.pretrain"),
 }
+# Of data.synthetic, a run reads its own dataset's entry and these (castlib.data.loaders.synthetic_spec): the other
+# format's sizes and the source counts (merged into the source config's entry by castlib.engine.pretrain) stay out
+_SYNTHETIC_READ = ("name", "seed", "domain")
 _NO_EFFECT = ("data.num_workers",)  # read, but the batches and metrics are the same whatever it is (batches.py)
 _UNREAD = {
     "teacher_finetune": ("train.teacher.self_training_iterations", "train.teacher.semi_weight"),
@@ -120,6 +123,9 @@ def stage_config(cfg: Config, stage: str, **options: Any) -> dict:
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value.to_dict() if isinstance(value, Config) else value
+    synthetic = out.get("data", {}).get("synthetic")
+    if isinstance(synthetic, dict):
+        out["data"]["synthetic"] = {k: v for k, v in synthetic.items() if k in (*_SYNTHETIC_READ, cfg.data.dataset)}
     unread = (*_NO_EFFECT, *_UNREAD.get(stage, ()), *(_CONTRASTIVE_KEYS if options.get("contrastive") is False else ()))
     for dotted in unread:
         *parents, last = dotted.split(".")
