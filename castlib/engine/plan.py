@@ -219,12 +219,17 @@ def plan_frame(plan: Plan, step_times: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# What stages.cast trains, beside the stand-in of the student's backbone
+_CAST_STAGES = ("pretrain_teacher", "teacher_init", "teacher_finetune", "teacher_self_training",
+                "pseudo_labels", "knowledge_transfer", "student_refinement")
+
+
 def measure_step_times(cfg: Config, steps: int = 3, needed: Iterable[str] = ()) -> dict[str, float]:
     """Train short runs, ``steps`` iterations a stage (the stand-ins' pretraining too), into
-    ``<runs_dir>/step_time/`` (reused when there) and return the step times their logs recorded: the CAST pipeline
-    always; the supervised student and each other backbone's stand-in and Guided Distillation stages when a
-    :func:`timing_key` in ``needed`` asks for them. They run the profile's real models and data, so on a full
-    data set the two pseudo-labelling passes over D_u take their real time."""
+    ``<runs_dir>/step_time/`` (reused when there) and return the step times their logs recorded: the CAST pipeline,
+    the supervised student and each backbone's stand-in and Guided Distillation stages, each where a
+    :func:`timing_key` in ``needed`` asks for it. They run the profile's real models and data, so on a full data
+    set the two pseudo-labelling passes over D_u take their real time."""
     from castlib.baselines.guided_distillation import guided_distillation
     from castlib.engine import stages
 
@@ -238,9 +243,11 @@ def measure_step_times(cfg: Config, steps: int = 3, needed: Iterable[str] = ()) 
     gd.teacher_iterations = gd.iterations = steps
     t.log_every = 1
     short.runs_dir = str(root)
-    stages.cast(short)
     needed = set(needed)
-    if any(key.startswith("supervised_student/") for key in needed):
+    cast_keys = {timing_key(cfg, stage) for stage in _CAST_STAGES} | {f"pretrain_backbone/{cfg.model.student_backbone}"}
+    if needed & cast_keys:
+        stages.cast(short)
+    if timing_key(cfg, "supervised_student") in needed:
         stages.supervised_student(short)
     stages_of = {(key.split("/")[0], key.split("/")[1]) for key in needed if "/" in key}
     # a Guided Distillation run trains its backbone's stand-in, its stage-1 teacher and its stage 2
