@@ -130,8 +130,7 @@ def cmd_table(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from castlib.engine.plan import (estimated_seconds, measure_step_times, plan_frame, planning,
-                                     registry_step_times)
+    from castlib.engine.plan import estimated_seconds, measure_step_times, plan_frame, planning, registry_step_times
     from castlib.engine.runs import runs_dir
     from castlib.report.ablations import build_table
 

@@ -204,9 +204,10 @@ def _table_of(label: str) -> str:
 
 
 def plan_frame(plan: Plan, step_times: dict[str, float]) -> pd.DataFrame:
-    """One row per planned run: id, stage, backbone (where the stage's varies), seed, iterations, complete, estimated seconds (what is left), spent
-    seconds (what a complete run took; both unrounded, so a run of a few milliseconds is not 0), the tables that need it (``shared`` when more than one table does)
-    and the rows that ask for it."""
+    """One row per planned run: id, stage, backbone (where the stage's varies), seed, iterations, complete,
+    estimated seconds (what is left), spent seconds (what a complete run took; both unrounded, so a run of a few
+    milliseconds is not 0), the tables that need it (``shared`` when more than one table does) and the rows that
+    ask for it."""
     rows = []
     for planned in plan.runs.values():
         tables = list(dict.fromkeys(_table_of(label) for label in planned.needed_by))
