@@ -15,6 +15,7 @@ from castlib.engine.checkpoint import load_checkpoint
 from castlib.engine.distributed import Context
 from castlib.engine.loop import train
 from castlib.engine.optim import build_optimizer, build_scheduler, clip_gradients
+from castlib.engine.plan import wall_seconds
 from castlib.engine.runs import Run, RunError, claim, create_run, release, run_id
 
 CPU = Context(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
@@ -57,6 +58,15 @@ def test_a_missing_or_incomplete_upstream_run_is_named(tmp_path):
     upstream.mark_complete()
     child = create_run(cfg, "student", {"x": 1}, {"teacher": upstream}, seed=0)
     assert child.info["inputs"] == {"teacher": upstream.id}
+
+
+def test_a_run_that_completes_within_a_second_has_a_positive_wall_time(tmp_path):
+    # run.json's created and complete.json's finished to the microsecond: at whole seconds, a smoke pseudo-labelling
+    # pass that finished in the second it started showed 0 s spent in the plan
+    cfg = load_config("smoke", [f"runs_dir={tmp_path}"])
+    run = create_run(cfg, "pseudo_labels", {"x": 1}, {}, seed=0)
+    run.mark_complete()
+    assert 0 < wall_seconds(run) < 60
 
 
 def _toy_optimizer(lr=1.0):

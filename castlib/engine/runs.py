@@ -31,9 +31,9 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,12 @@ class RunError(CastError):
     def __init__(self, path: str | Path, problem: str):
         self.path = Path(path)
         super().__init__(f"{self.path}: {problem}")
+
+
+def _timestamp() -> str:
+    """Local time to the microsecond (``run.json``'s ``created``, ``complete.json``'s ``finished``): a plan's
+    spent seconds for a run that trains nothing are their difference, and a smoke run can take under a second."""
+    return datetime.now().isoformat(sep=" ", timespec="microseconds")
 
 
 def _strip(config: Mapping, keys: tuple[str, ...]) -> dict:
@@ -141,7 +147,7 @@ class Run:
         return write_json_atomic(self.dir / "metrics.json", dict(metrics))
 
     def mark_complete(self, summary: Mapping[str, Any] | None = None) -> None:
-        write_json_atomic(self.dir / "complete.json", {"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        write_json_atomic(self.dir / "complete.json", {"finished": _timestamp(),
                                                        **(summary or {})})
         release(self)
 
@@ -236,6 +242,6 @@ def create_run(cfg: Config, stage: str, config: Mapping, inputs: Mapping[str, Ru
                                                                   sort_keys=False))
         write_json_atomic(info_path, {
             "id": rid, "stage": stage, "inputs": ids, "seed": seed, "profile": cfg.profile, "data": dict(data or {}),
-            "commit": git_commit(), "hardware": hardware(), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "commit": git_commit(), "hardware": hardware(), "created": _timestamp(),
         })
     return run
