@@ -26,7 +26,7 @@ setup: $(STAMP)
 
 ## test: the test suite, notebooks included (papermill, smoke profile); slow tests excluded
 test: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=25
 
 ## test-slow: the slow reliability tests (kill `make reproduce` and rerun; a smoke run twice, bit-identical)
 test-slow: setup
