@@ -139,6 +139,20 @@ def test_poly_schedule_is_base_times_one_minus_t_over_T_to_the_0_9(t):
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-5 * (1 - t / 1000) ** 0.9, rel=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["poly", "multistep", "constant"])
+@pytest.mark.parametrize("t", [0, 1, 49, 99, 100, 500, 999])
+def test_warmup_scales_the_rate_linearly_from_1_over_w_to_1_on_top_of_the_schedule(kind, t):
+    _, opt = _toy_optimizer(1e-3)
+    plain = build_scheduler(_toy_optimizer(1e-3)[1], kind, iterations=1000)
+    sched = build_scheduler(opt, kind, iterations=1000, warmup=100)
+    for _ in range(t):
+        opt.step()
+        sched.step()
+        plain.step()
+    factor = (1 + 99 * min(t, 100) / 100) / 100
+    assert opt.param_groups[0]["lr"] == pytest.approx(plain.get_last_lr()[0] * factor, rel=1e-6)
+
+
 def test_weight_decay_spares_biases():
     model, opt = _toy_optimizer()
     decays = {g["name"]: g["weight_decay"] for g in opt.param_groups}

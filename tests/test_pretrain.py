@@ -66,6 +66,7 @@ def test_a_stand_in_is_trained_once_for_every_seed_and_label_fraction(cfg, teach
     monkeypatch.setattr(stages, "_fit", lambda *a, **k: pytest.fail("a complete pretrain run was trained again"))
     for changes in ([], ["seed=3"], ["data.label_fraction=0.3"], ["train.student.iterations=99"],
                     ["train.pretrain.backbone_iterations=7"],  # the other stand-in's length
+                    ["train.pretrain.backbone_warmup_iterations=5"],  # and warm-up
                     ["data.synthetic.source.ade20k.train=5", "data.synthetic.cityscapes.val=3"]):  # not its set
         again = pretrain.pretrain_teacher(load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), *changes]))
         assert again.id == teacher_stand_in.id

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler, MultiStepLR, PolynomialLR
+from torch.optim.lr_scheduler import ChainedScheduler, LambdaLR, LinearLR, LRScheduler, MultiStepLR, PolynomialLR
 
 NO_DECAY_MODULES = (nn.Embedding, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
                     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm,
@@ -52,16 +52,22 @@ def build_optimizer(model: nn.Module, groups: Mapping[str, tuple[Iterable[nn.Par
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, iterations: int,
-                    milestones: Iterable[float] = (0.9, 0.95), gamma: float = 0.1, power: float = 0.9) -> LRScheduler:
+                    milestones: Iterable[float] = (0.9, 0.95), gamma: float = 0.1, power: float = 0.9,
+                    warmup: int = 0) -> LRScheduler:
     """``multistep``: lr x gamma at each milestone fraction of the run; ``poly``: lr (1 - t/T)^power;
-    ``constant``: unchanged. Stepped once per iteration."""
-    if kind == "multistep":
-        return MultiStepLR(optimizer, milestones=[round(f * iterations) for f in milestones], gamma=gamma)
-    if kind == "poly":
-        return PolynomialLR(optimizer, total_iters=iterations, power=power)
+    ``constant``: unchanged. With ``warmup`` > 0 the rate is also scaled linearly from 1/warmup to 1 over the
+    first ``warmup`` iterations. Stepped once per iteration."""
+    if kind not in ("multistep", "poly", "constant"):
+        raise ValueError(f"unknown schedule {kind!r}: use multistep, poly or constant")
+    warm = LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup) if warmup > 0 else None
     if kind == "constant":
-        return LambdaLR(optimizer, lambda _: 1.0)
-    raise ValueError(f"unknown schedule {kind!r}: use multistep, poly or constant")
+        return warm or LambdaLR(optimizer, lambda _: 1.0)
+    if kind == "multistep":
+        main = MultiStepLR(optimizer, milestones=[round(f * iterations) for f in milestones], gamma=gamma)
+    else:
+        main = PolynomialLR(optimizer, total_iters=iterations, power=power)
+    # both decays are chainable (each step scales the current rate), so the chain multiplies them
+    return main if warm is None else ChainedScheduler([warm, main])
 
 
 def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float | None) -> torch.Tensor | None:

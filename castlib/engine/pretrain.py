@@ -55,12 +55,12 @@ def source_config(cfg: Config) -> Config:
     return source
 
 
-def _section(cfg: Config) -> Config:
+def _section(cfg: Config, warmup: int = 0) -> Config:
     """``train.pretrain`` in the form the fitting routine reads (one rate for every parameter, no L_pxl)."""
     p = cfg.train.pretrain
     return Config({"lr": p.lr, "encoder_lr": p.lr, "decoder_lr": p.lr, "weight_decay": p.weight_decay,
                    "schedule": p.schedule, "power": p.power, "grad_clip": p.grad_clip, "batch_size": p.batch_size,
-                   "contrastive_weight": 0.0, "semi_weight": 0.0})
+                   "warmup_iterations": warmup, "contrastive_weight": 0.0, "semi_weight": 0.0})
 
 
 def _source_train(source: Config) -> InstanceDataset:
@@ -93,7 +93,8 @@ def pretrain_backbone(cfg: Config, backbone: str) -> Run:
     stages._seed_everything(seed)
     model = build_model(source, "baseline", stages._num_classes(source), pretrained=False).to(ctx.device)
     return stages._fit(source, run, ctx, model, "pretrain_backbone", "student",
-                       cfg.train.pretrain.backbone_iterations, None, False, seed, section=_section(cfg),
+                       cfg.train.pretrain.backbone_iterations, None, False, seed,
+                       section=_section(cfg, cfg.train.pretrain.backbone_warmup_iterations),
                        labelled=_source_train(source))
 
 

@@ -107,7 +107,8 @@ _UNREAD = {
     "supervised_student": ("augment.strong", "loss.contrastive", "train.student.semi_weight",
                            "train.student.contrastive_weight", "train.student.contrastive"),
     # no L_pxl in pretraining; each stand-in not the other's length
-    "pretrain_teacher": ("augment.strong", "train.pretrain.backbone_iterations"),
+    "pretrain_teacher": ("augment.strong", "train.pretrain.backbone_iterations",
+                         "train.pretrain.backbone_warmup_iterations"),
     "pretrain_backbone": ("augment.strong", "loss.contrastive", "train.pretrain.teacher_iterations"),
 }
 _CONTRASTIVE_KEYS = ("augment.strong", "loss.contrastive", "train.teacher.contrastive_weight",
@@ -399,9 +400,11 @@ def _optimizer(model, role: str, section: Config):
 
 
 def _scheduler(optimizer, section: Config, iterations: int):
+    warmup = section.get("warmup_iterations", 0)
     if section.schedule == "multistep":
-        return build_scheduler(optimizer, "multistep", iterations, milestones=section.milestones, gamma=section.gamma)
-    return build_scheduler(optimizer, section.schedule, iterations, power=section.get("power", 0.9))
+        return build_scheduler(optimizer, "multistep", iterations, milestones=section.milestones, gamma=section.gamma,
+                               warmup=warmup)
+    return build_scheduler(optimizer, section.schedule, iterations, power=section.get("power", 0.9), warmup=warmup)
 
 
 def _contrastive_section(cfg: Config, stage: str, section: Config) -> dict:
