@@ -210,11 +210,11 @@ def test_an_epoch_visits_every_sample_once_and_ranks_split_the_global_batch():
     assert parts[0] + parts[1] == sampler.indices(0)
 
 
-def _toy_training(run, iterations, fail_at=None):
+def _toy_training(run, iterations, fail_at=None, warmup=0):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(48, 16), nn.Dropout(0.2), nn.Linear(16, 1))
     opt = build_optimizer(model, {"all": (model.parameters(), 1e-2)}, weight_decay=0.01)
-    sched = build_scheduler(opt, "poly", iterations)
+    sched = build_scheduler(opt, "poly", iterations, warmup=warmup)
 
     def factory(start):
         stream = batch_stream(NoisyImages(), batch_size=2, seed=0, start=start)
@@ -231,15 +231,16 @@ def _toy_training(run, iterations, fail_at=None):
     return model, values
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights_and_log(tmp_path):
+@pytest.mark.parametrize("warmup", [0, 8])  # 8: the checkpoint falls inside the warm-up
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights_and_log(tmp_path, warmup):
     cfg = load_config("smoke", [f"runs_dir={tmp_path}"])
     straight = create_run(cfg, "toy", {"a": 1}, {}, 0)
-    model_a, values_a = _toy_training(straight, 10)
+    model_a, values_a = _toy_training(straight, 10, warmup=warmup)
     broken = create_run(cfg, "toy", {"a": 2}, {}, 0)
     with pytest.raises(KeyboardInterrupt):
-        _toy_training(broken, 10, fail_at=7)
+        _toy_training(broken, 10, fail_at=7, warmup=warmup)
     assert load_checkpoint(broken.checkpoint)["iteration"] == 6
-    model_b, values_b = _toy_training(broken, 10)
+    model_b, values_b = _toy_training(broken, 10, warmup=warmup)
     assert all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values(),
                                                  strict=True))
     assert values_a == values_b
