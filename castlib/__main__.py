@@ -196,6 +196,18 @@ def cmd_efficiency(args: argparse.Namespace) -> None:
     print(table.T.to_string())
 
 
+def cmd_ceiling(args: argparse.Namespace) -> None:
+    from castlib.data.loaders import prepare_data
+    from castlib.eval.ceiling import grid_ceiling
+
+    cfg = config_from_args(args)
+    prepare_data(cfg, progress=True)
+    table = grid_ceiling(cfg, tuple(args.segmenter_sizes))
+    print(f"mask-grid ceiling, profile {cfg.profile}, {cfg.data.dataset} validation set (a perfect mask after each "
+          f"model's mask-logit grid):")
+    print(table.round(3).to_string())
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from castlib.doctor import diagnose, report
 
@@ -272,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", help="a trained student's model folder; default: from the config")
     p.add_argument("--out", default="results/efficiency", help="folder for the csv and markdown tables")
     p.set_defaults(func=cmd_efficiency)
+
+    p = sub.add_parser("ceiling", help="the IoU a perfect mask keeps at the student's and the teacher's mask-logit "
+                                       "grids on the validation set (a maskAP cap before any learning)")
+    add_config_arguments(p)
+    p.add_argument("--segmenter-sizes", type=int, nargs="*", default=[], metavar="S",
+                   help="also SAM2 at these input sizes S (grid S/4 x S/4), beside the config's")
+    p.set_defaults(func=cmd_ceiling)
 
     p = sub.add_parser("notebooks", help="run notebooks headless (papermill) from their .py sources")
     p.add_argument("sources", nargs="*", help="notebooks/NN_*.py files (default: all, in order)")

@@ -1,7 +1,8 @@
 """Evaluation (DESIGN section 6): Mask2Former instance inference for any model with the shared output
 contract, maskAP / maskAP50 with pycocotools and with the official Cityscapes evaluator, and the
-efficiency measurements of main-paper Fig. 2."""
+efficiency measurements of main-paper Fig. 2, and the mask-grid ceilings (``castlib.eval.ceiling``)."""
 
+from castlib.eval.ceiling import grid_ceiling, grid_iou
 from castlib.eval.cityscapes import cityscapes_mask_ap, write_cityscapes_prediction
 from castlib.eval.coco import coco_mask_ap, coco_results
 from castlib.eval.efficiency import EfficiencyRecord, compare_efficiency, efficiency_table, measure_efficiency
@@ -31,6 +32,8 @@ __all__ = [
     "encode_rle",
     "evaluate_model",
     "evaluate_predictions",
+    "grid_ceiling",
+    "grid_iou",
     "instance_inference",
     "measure_efficiency",
     "score",

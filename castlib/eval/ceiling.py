@@ -1,0 +1,84 @@
+"""Mask-grid ceilings: what a *perfect* mask keeps once it passes through a model's mask-logit grid.
+
+Every model here predicts mask logits on a grid coarser than the image and upsamples them (bilinear) to it: the
+student on its pixel decoder's grid, the teacher on SAM2's low-resolution grid of S/4 x S/4 for its S x S squashed
+input (pitfall S1). A grid too coarse for the instances caps maskAP before any learning. ``grid_ceiling`` measures
+the cap on a validation set: each ground-truth mask is averaged down to the model's grid (the best logits that
+grid can hold), upsampled back and thresholded at 0.5, and its IoU with the original is what a perfect detector,
+classifier and segmenter would reach. The COCO-threshold share (IoU >= 0.50, 0.55, ..., 0.95, averaged) bounds the
+recall maskAP averages over, so it is an upper bound on maskAP from the grid alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from castlib.errors import DataError
+
+COCO_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+
+
+def grid_iou(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """IoU ``[N]`` of bool ``masks`` ``[N, H, W]`` with themselves after a ``grid`` = (h, w) round trip: area
+    average down, bilinear up (``align_corners=False``, as the models' upsampling), threshold 0.5."""
+    if masks.ndim != 3:
+        raise ValueError(f"masks: expected [N, H, W], got shape {tuple(masks.shape)}")
+    height, width = masks.shape[-2:]
+    masks = masks.bool()
+    low = F.interpolate(masks[:, None].float(), size=tuple(grid), mode="area")
+    kept = F.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)[:, 0] > 0.5
+    inter = (kept & masks).flatten(1).sum(1).float()
+    union = (kept | masks).flatten(1).sum(1).float()
+    return inter / union.clamp(min=1)
+
+
+def summarise(ious: np.ndarray) -> dict[str, float]:
+    """Mean IoU, the shares at IoU >= 0.5 / 0.75 / 0.9 and the share averaged over the COCO thresholds."""
+    ious = np.asarray(ious, dtype=float)
+    return {"instances": len(ious), "mean_iou": ious.mean(), "iou>=0.5": (ious >= 0.5).mean(),
+            "iou>=0.75": (ious >= 0.75).mean(), "iou>=0.9": (ious >= 0.9).mean(),
+            "coco_share": np.mean([(ious >= t).mean() for t in COCO_THRESHOLDS])}
+
+
+def mask_grid(model: torch.nn.Module, size: tuple[int, int]) -> tuple[int, int]:
+    """A model's mask-logit grid for an input of ``size`` = (H, W), read off a forward pass (the grid depends on
+    the model's sizes only, so random weights do)."""
+    with torch.no_grad():
+        return tuple(model.eval()(torch.zeros(1, 3, *size)).mask_logits.shape[-2:])
+
+
+def grid_ceiling(cfg, segmenter_sizes: tuple[int, ...] = ()) -> pd.DataFrame:
+    """One row per grid on ``cfg``'s validation set: the student's, the teacher's SAM2 at the config's
+    ``model.teacher.segmenter.image_size`` S (grid S/4 x S/4 of the squashed image) and at each of
+    ``segmenter_sizes``; columns from :func:`summarise`, and the grid."""
+    from castlib.data.classes import CLASS_LISTS
+    from castlib.data.loaders import dataset_root, val_dataset
+    from castlib.models import build_model
+
+    dataset = val_dataset(cfg)
+    model = build_model(cfg, "student", len(CLASS_LISTS[cfg.data.dataset]), pretrained=False)
+    sizes = dict.fromkeys((int(cfg.model.teacher.segmenter.image_size), *map(int, segmenter_sizes)))
+    rows: dict[str, list] = {}
+    student: dict[tuple[int, int], tuple[int, int]] = {}  # per image size (ADE20K's vary)
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        masks = torch.as_tensor(sample.masks).bool()
+        if not len(masks):
+            continue
+        if sample.size not in student:
+            student[sample.size] = mask_grid(model, sample.size)
+        grids = {"student": student[sample.size], **{f"teacher SAM2 at {s}": (s // 4, s // 4) for s in sizes}}
+        for name, grid in grids.items():
+            rows.setdefault(name, []).extend(grid_iou(masks, grid).tolist())
+    if not rows:
+        raise DataError(dataset_root(cfg), "the validation set holds no instances, so it has no mask-grid ceiling")
+    table = pd.DataFrame({name: summarise(ious) for name, ious in rows.items()}).T
+    shapes = sorted(set(student.values()))
+    table["grid"] = [(f"{shapes[0][0]} x {shapes[0][1]}" if len(shapes) == 1 else f"{len(shapes)} sizes")
+                     if name == "student" else f"{size // 4} x {size // 4}"
+                     for name, size in zip(table.index, [0, *sizes], strict=True)]
+    table["instances"] = table["instances"].astype(int)
+    return table

@@ -1,0 +1,51 @@
+"""Mask-grid ceilings: a perfect mask after a model's mask-logit grid round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from castlib.eval.ceiling import grid_ceiling, grid_iou, summarise
+
+
+def test_a_full_resolution_grid_keeps_every_mask():
+    masks = torch.zeros(2, 32, 64, dtype=torch.bool)
+    masks[0, 3:9, 5:40] = True
+    masks[1, 20:31, 1:2] = True
+    assert grid_iou(masks, (32, 64)).tolist() == [1.0, 1.0]
+
+
+def test_a_coarse_grid_loses_a_thin_bar_and_keeps_a_big_square():
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 8:40, 8:40] = True  # 32 x 32: four cells of an 8 x 8 grid's 8-pixel cells on a side
+    masks[1, 10:50, 30:32] = True  # 2 pixels wide: a quarter of a cell
+    bar, square = grid_iou(masks, (8, 8)).flip(0).tolist()
+    assert square > 0.9
+    assert bar < 0.5
+
+
+def test_summary_shares_and_the_coco_average():
+    ious = np.array([1.0, 0.82, 0.62, 0.4])
+    summary = summarise(ious)
+    assert summary["instances"] == 4
+    assert summary["mean_iou"] == pytest.approx(0.71)
+    assert (summary["iou>=0.5"], summary["iou>=0.75"], summary["iou>=0.9"]) == (0.75, 0.5, 0.25)
+    # Thresholds 0.50-0.60 keep three masks, 0.65-0.80 two, 0.85-0.95 one.
+    assert summary["coco_share"] == pytest.approx((3 * 3 + 4 * 2 + 3 * 1) / 4 / 10)
+
+
+def test_the_ceiling_on_the_smoke_validation_set(smoke_config):
+    from castlib.data.loaders import prepare_data
+
+    cfg = smoke_config()
+    prepare_data(cfg)
+    size = int(cfg.model.teacher.segmenter.image_size)
+    table = grid_ceiling(cfg, (size, 4 * size))
+    assert list(table.index) == ["student", f"teacher SAM2 at {size}", f"teacher SAM2 at {4 * size}"]
+    assert (table["instances"] > 0).all() and table["instances"].nunique() == 1
+    assert table.loc[f"teacher SAM2 at {4 * size}", "grid"] == f"{size} x {size}"
+    shares = table["coco_share"].astype(float)
+    assert ((shares > 0) & (shares <= 1)).all()
+    # A finer SAM2 grid keeps more of every mask.
+    assert shares[f"teacher SAM2 at {4 * size}"] > shares[f"teacher SAM2 at {size}"]
