@@ -82,7 +82,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.student.contrastive_weight": _AT_LEAST_ZERO, "train.student.semi_weight": _AT_LEAST_ZERO,
     "train.student.iterations": _POSITIVE,
     "train.refinement.iterations": _POSITIVE, "train.refinement.batch_size": _POSITIVE,
-    "train.pretrain.backbone_warmup_iterations": _AT_LEAST_ZERO,
+    "train.pretrain.backbone_warmup_iterations": _AT_LEAST_ZERO, "train.pretrain.backbone_lr": _POSITIVE,
     "loss.class_weight": _AT_LEAST_ZERO, "loss.mask_weight": _AT_LEAST_ZERO, "loss.dice_weight": _AT_LEAST_ZERO,
     "loss.no_object_weight": _AT_LEAST_ZERO, "loss.num_points": _POSITIVE,
     "loss.oversample_ratio": (1, None, False, False),

@@ -67,6 +67,7 @@ def test_a_stand_in_is_trained_once_for_every_seed_and_label_fraction(cfg, teach
     for changes in ([], ["seed=3"], ["data.label_fraction=0.3"], ["train.student.iterations=99"],
                     ["train.pretrain.backbone_iterations=7"],  # the other stand-in's length
                     ["train.pretrain.backbone_warmup_iterations=5"],  # and warm-up
+                    ["train.pretrain.backbone_lr=1e-3"],  # and rate
                     ["data.synthetic.source.ade20k.train=5", "data.synthetic.cityscapes.val=3"]):  # not its set
         again = pretrain.pretrain_teacher(load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), *changes]))
         assert again.id == teacher_stand_in.id
@@ -75,6 +76,34 @@ def test_a_stand_in_is_trained_once_for_every_seed_and_label_fraction(cfg, teach
         assert stages.create_run(other, "pretrain_teacher", stages.stage_config(pretrain.source_config(other),
                                                                                 "pretrain_teacher"), {}, 0).id \
             != teacher_stand_in.id, change
+
+
+def test_each_stand_in_trains_at_its_own_rate(cfg, monkeypatch):
+    sections = {}  # stage -> the section its fitting routine is given (nothing trains here)
+    monkeypatch.setattr(stages, "_fit", lambda *args, section, **kwargs: sections.setdefault(args[4], section))
+    config = load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), "train.pretrain.lr=2e-3",
+                                   "train.pretrain.backbone_lr=7e-4", "train.pretrain.backbone_warmup_iterations=3"])
+    pretrain.pretrain_teacher(config)
+    pretrain.pretrain_backbone(config, "dinov2_s")
+    teacher, backbone = sections["pretrain_teacher"], sections["pretrain_backbone"]
+    assert (teacher.lr, teacher.encoder_lr, teacher.decoder_lr, teacher.warmup_iterations) == (2e-3, 2e-3, 2e-3, 0)
+    assert (backbone.lr, backbone.encoder_lr, backbone.decoder_lr, backbone.warmup_iterations) == (7e-4, 7e-4, 7e-4, 3)
+
+
+def test_a_stand_ins_id_follows_its_own_rate_and_not_the_others(cfg):
+    root = Path(cfg.runs_dir).parent
+
+    def run_id(stage: str, *changes: str) -> str:
+        config = load_config("smoke", [*_overrides(root), *changes])
+        options = {"backbone": "dinov2_s"} if stage == "pretrain_backbone" else {}
+        source = pretrain.source_config(config)
+        source.model.baseline_backbone = "dinov2_s"
+        return stages.create_run(config, stage, stages.stage_config(source, stage, **options), {}, 0).id
+
+    for stage, own, other in (("pretrain_teacher", "lr", "backbone_lr"), ("pretrain_backbone", "backbone_lr", "lr")):
+        base = run_id(stage)
+        assert run_id(stage, f"train.pretrain.{other}=9e-4") == base, stage
+        assert run_id(stage, f"train.pretrain.{own}=9e-4") != base, stage
 
 
 def test_theta_t0_is_the_teacher_stand_in_with_the_target_configs_trainable_parts(cfg, teacher_stand_in):

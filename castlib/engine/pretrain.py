@@ -55,10 +55,10 @@ def source_config(cfg: Config) -> Config:
     return source
 
 
-def _section(cfg: Config, warmup: int = 0) -> Config:
-    """``train.pretrain`` in the form the fitting routine reads (one rate for every parameter, no L_pxl)."""
+def _section(cfg: Config, lr: float, warmup: int = 0) -> Config:
+    """``train.pretrain`` in the form the fitting routine reads (one rate ``lr`` for every parameter, no L_pxl)."""
     p = cfg.train.pretrain
-    return Config({"lr": p.lr, "encoder_lr": p.lr, "decoder_lr": p.lr, "weight_decay": p.weight_decay,
+    return Config({"lr": lr, "encoder_lr": lr, "decoder_lr": lr, "weight_decay": p.weight_decay,
                    "schedule": p.schedule, "power": p.power, "grad_clip": p.grad_clip, "batch_size": p.batch_size,
                    "warmup_iterations": warmup, "contrastive_weight": 0.0, "semi_weight": 0.0})
 
@@ -78,7 +78,7 @@ def pretrain_teacher(cfg: Config) -> Run:
     stages._seed_everything(seed)
     model = build_model(source, "teacher", stages._num_classes(source), pretrained=False).to(ctx.device)
     return stages._fit(source, run, ctx, model, "pretrain_teacher", "teacher", cfg.train.pretrain.teacher_iterations,
-                       None, False, seed, section=_section(cfg), labelled=_source_train(source))
+                       None, False, seed, section=_section(cfg, cfg.train.pretrain.lr), labelled=_source_train(source))
 
 
 def pretrain_backbone(cfg: Config, backbone: str) -> Run:
@@ -92,9 +92,9 @@ def pretrain_backbone(cfg: Config, backbone: str) -> Run:
         return run
     stages._seed_everything(seed)
     model = build_model(source, "baseline", stages._num_classes(source), pretrained=False).to(ctx.device)
-    return stages._fit(source, run, ctx, model, "pretrain_backbone", "student",
-                       cfg.train.pretrain.backbone_iterations, None, False, seed,
-                       section=_section(cfg, cfg.train.pretrain.backbone_warmup_iterations),
+    p = cfg.train.pretrain
+    return stages._fit(source, run, ctx, model, "pretrain_backbone", "student", p.backbone_iterations, None, False,
+                       seed, section=_section(cfg, p.backbone_lr, p.backbone_warmup_iterations),
                        labelled=_source_train(source))
 
 

@@ -108,8 +108,9 @@ _UNREAD = {
                            "train.student.contrastive_weight", "train.student.contrastive"),
     # no L_pxl in pretraining; each stand-in not the other's length
     "pretrain_teacher": ("augment.strong", "train.pretrain.backbone_iterations",
-                         "train.pretrain.backbone_warmup_iterations"),
-    "pretrain_backbone": ("augment.strong", "loss.contrastive", "train.pretrain.teacher_iterations"),
+                         "train.pretrain.backbone_warmup_iterations", "train.pretrain.backbone_lr"),
+    "pretrain_backbone": ("augment.strong", "loss.contrastive", "train.pretrain.teacher_iterations",
+                          "train.pretrain.lr"),
 }
 _CONTRASTIVE_KEYS = ("augment.strong", "loss.contrastive", "train.teacher.contrastive_weight",
                      "train.teacher.contrastive")

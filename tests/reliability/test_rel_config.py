@@ -22,6 +22,7 @@ BAD_VALUES = [
     ("train.teacher.finetune_iterations=0", "key 'train.teacher.finetune_iterations': 0 is out of range"),
     ("train.teacher.batch_size=-2", "key 'train.teacher.batch_size': -2 is out of range"),
     ("train.pretrain.backbone_warmup_iterations=-1", "key 'train.pretrain.backbone_warmup_iterations': -1 is out"),
+    ("train.pretrain.backbone_lr=0", "key 'train.pretrain.backbone_lr': 0.0 is out of range"),
     ("data.label_fraction=1.5", "key 'data.label_fraction': 1.5 is out of range; expected a value in (0, 1)"),
     ("data.label_fractions=[0.1,0]", "key 'data.label_fractions[1]': 0.0 is out of range"),
     ("loss.contrastive.score=squard", "key 'loss.contrastive.score': 'squard' is not one of original, squared, sqrt"),
