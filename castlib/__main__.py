@@ -200,6 +200,8 @@ def cmd_ceiling(args: argparse.Namespace) -> None:
     from castlib.data.loaders import prepare_data
     from castlib.eval.ceiling import grid_ceiling
 
+    if any(size < 4 for size in args.segmenter_sizes):
+        raise CastError(f"--segmenter-sizes: each size must be at least 4 (grid S/4), got {args.segmenter_sizes}")
     cfg = config_from_args(args)
     prepare_data(cfg, progress=True)
     table = grid_ceiling(cfg, tuple(args.segmenter_sizes))

@@ -49,3 +49,10 @@ def test_the_ceiling_on_the_smoke_validation_set(smoke_config):
     assert ((shares > 0) & (shares <= 1)).all()
     # A finer SAM2 grid keeps more of every mask.
     assert shares[f"teacher SAM2 at {4 * size}"] > shares[f"teacher SAM2 at {size}"]
+
+
+def test_a_segmenter_size_below_one_grid_cell_is_refused_by_name(capsys):
+    from castlib.__main__ import main
+
+    assert main(["ceiling", "--profile", "smoke", "--segmenter-sizes", "128", "2"]) == 2
+    assert capsys.readouterr().err.startswith("error: --segmenter-sizes: each size must be at least 4")
