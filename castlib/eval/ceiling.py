@@ -61,8 +61,9 @@ def grid_ceiling(cfg, segmenter_sizes: tuple[int, ...] = ()) -> pd.DataFrame:
     dataset = val_dataset(cfg)
     model = build_model(cfg, "student", len(CLASS_LISTS[cfg.data.dataset]), pretrained=False)
     sizes = dict.fromkeys((int(cfg.model.teacher.segmenter.image_size), *map(int, segmenter_sizes)))
-    rows: dict[str, list] = {}
-    student: dict[tuple[int, int], tuple[int, int]] = {}  # per image size (ADE20K's vary)
+    teacher = {f"teacher SAM2 at {s}": (s // 4, s // 4) for s in sizes}
+    ious: dict[str, list] = {}
+    student: dict[tuple[int, int], tuple[int, int]] = {}  # the student's grid per image size (ADE20K's vary)
     for i in range(len(dataset)):
         sample = dataset[i]
         masks = torch.as_tensor(sample.masks).bool()
@@ -70,15 +71,13 @@ def grid_ceiling(cfg, segmenter_sizes: tuple[int, ...] = ()) -> pd.DataFrame:
             continue
         if sample.size not in student:
             student[sample.size] = mask_grid(model, sample.size)
-        grids = {"student": student[sample.size], **{f"teacher SAM2 at {s}": (s // 4, s // 4) for s in sizes}}
-        for name, grid in grids.items():
-            rows.setdefault(name, []).extend(grid_iou(masks, grid).tolist())
-    if not rows:
+        for name, grid in {"student": student[sample.size], **teacher}.items():
+            ious.setdefault(name, []).extend(grid_iou(masks, grid).tolist())
+    if not ious:
         raise DataError(dataset_root(cfg), "the validation set holds no instances, so it has no mask-grid ceiling")
-    table = pd.DataFrame({name: summarise(ious) for name, ious in rows.items()}).T
-    shapes = sorted(set(student.values()))
-    table["grid"] = [(f"{shapes[0][0]} x {shapes[0][1]}" if len(shapes) == 1 else f"{len(shapes)} sizes")
-                     if name == "student" else f"{size // 4} x {size // 4}"
-                     for name, size in zip(table.index, [0, *sizes], strict=True)]
+    table = pd.DataFrame({name: summarise(values) for name, values in ious.items()}).T
+    shown = [f"{h} x {w}" for h, w in sorted(set(student.values()))]
+    table["grid"] = [", ".join(shown) if len(shown) <= 2 else f"{len(shown)} sizes",
+                     *(f"{h} x {w}" for h, w in teacher.values())]
     table["instances"] = table["instances"].astype(int)
     return table
