@@ -276,3 +276,54 @@ def test_a_table_workers_error_reaches_the_parent_as_one_line(monkeypatch):
         ablations._train_unit(load_config("smoke"), 6, 1, threads=1)
     again = pickle.loads(pickle.dumps(err.value))
     assert str(again) == "/runs/abc/checkpoints/last.pt: corrupt checkpoint (Table 6, seed 1)"
+
+
+_POOL_SCRIPT = """
+import os, sys, time
+from castlib.report.ablations import worker_pool
+
+if __name__ == "__main__":
+    pool = worker_pool(1)
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 300)  # a worker busy with a long (table, seed) pair
+    time.sleep(300)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie that its new parent has not reaped yet has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_table_workers_end_when_the_command_is_killed(tmp_path, signal_name):
+    """`castlib table --jobs` killed (`kill`, `timeout`, a scheduler: no clean-up runs in the parent) must not
+    leave its spawned workers training on, unseen: they end within seconds and a rerun resumes their runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "pool.py"
+    script.write_text(_POOL_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        worker = int(parent.stdout.readline())
+        time.sleep(2)
+        assert _alive(worker)  # busy with its task while the parent lives
+        parent.send_signal(getattr(signal, signal_name))
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(worker), f"worker {worker} still runs 15 s after its parent's {signal_name}"
+    finally:
+        parent.kill()
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)

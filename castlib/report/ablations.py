@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -360,20 +361,43 @@ def _train_unit(cfg: Config, number: int, seed: int, threads: int) -> tuple[int,
     return number, seed
 
 
+def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """A worker's initializer: end the worker when its parent is gone. A parent killed by SIGTERM or SIGKILL
+    (``kill``, ``timeout``, a scheduler) runs no clean-up, and its spawned workers would keep training their
+    (table, seed) pair to the end, unseen; this watches the parent from a daemon thread and ends the worker
+    within ``poll_s``. The run it was training resumes from its last checkpoint, its lock gone with it."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def worker_pool(jobs: int):
+    """``jobs`` spawned worker processes that end with the process that made them (:func:`_exit_with_parent`)."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    return cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+
 def train_tables(cfg: Config, numbers: Sequence[int], jobs: int) -> None:
     """Train every run Tables ``numbers`` need with ``jobs`` worker processes, each given an equal share of the
     CPU threads. A worker takes one (table, seed) pair (:func:`table_units`) at a time, and only a pair none of
     whose missing runs another worker is training, so no worker waits on another's run; the registry's locks
     (:func:`castlib.engine.runs.claim`) keep a run from being trained twice all the same. A worker's error
-    ends the command once the other workers' current pairs finish (their runs are kept)."""
+    ends the command once the other workers' current pairs finish (their runs are kept); the command killed, its
+    workers end with it (:func:`worker_pool`) and a rerun resumes their runs."""
     import concurrent.futures as cf
-    import multiprocessing
-    import os
 
     stages.check_data(cfg, "knowledge_transfer")  # the data ready before planning reads its digests
     pending, running = table_units(cfg, numbers), {}
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool(jobs) as pool:
         while pending or running:
             busy = set().union(*running.values())
             for unit in list(pending):
