@@ -4,7 +4,7 @@ repository's and the workspace's) is unchanged afterwards."""
 
 from __future__ import annotations
 
-import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -18,23 +18,47 @@ TINY_CITYSCAPES = SyntheticSpec("cityscapes", train=12, val=2, height=64, width=
 TINY_ADE20K = SyntheticSpec("ade20k", train=12, val=2, height=64, width=0, seed=5)
 
 
-def file_hashes(*folders: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folders``, by path."""
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders if folder.is_dir() for p in sorted(folder.rglob("*")) if p.is_file()}
+def file_stamps(*folders: Path, skip: Path | None = None) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, mtime in ns) of every file under ``folders`` but ``skip``'s, by path: a write in place
+    changes the mtime, an atomic replace the inode."""
+    stamps = {}
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = [d for d in dirs if skip is None or Path(root, d) != skip]
+            stamps.update({str(Path(root, f)): _stamp(Path(root, f)) for f in files})
+    return stamps
+
+
+def folder_stamps(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """The same for ``folder`` and every directory under it: the kit writes each file atomically (a temporary
+    file renamed into place, :mod:`castlib.io`), so a write, a replace or a removal changes its directory's
+    mtime. For the repository's run registry, which a stat of every file made the guard's cost: 1.8M files after
+    the mini tables, 27 s a pass, two passes a test."""
+    return {root: _stamp(Path(root)) for root, _, _ in os.walk(folder)} if folder.is_dir() else {}
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class Guard:
-    """Hashes taken at set-up; :meth:`check` asserts none of those files changed or disappeared."""
+    """Stamps taken at set-up; :meth:`check` asserts none of those files (under the workspace and the
+    repository's ``results/``, ``data/``, ``data_splits/``) or folders (of ``results/runs``) changed or
+    disappeared."""
 
     def __init__(self, workspace: Path):
         self.folders = [REPO_ROOT / "results", REPO_ROOT / "data", REPO_ROOT / "data_splits", workspace]
-        self.before = file_hashes(*self.folders)
+        self.registry = REPO_ROOT / "results" / "runs"
+        self.before = self._stamps()
+
+    def _stamps(self) -> dict[str, tuple[int, int, int]]:
+        return {**file_stamps(*self.folders, skip=self.registry), **folder_stamps(self.registry)}
 
     def check(self) -> None:
-        after = file_hashes(*self.folders)
+        after = self._stamps()
         changed = [p for p, h in self.before.items() if after.get(p) != h]
-        assert not changed, f"files changed or removed: {changed[:5]}"
+        assert not changed, f"files or folders changed or removed: {changed[:5]}"
 
 
 @pytest.fixture
