@@ -1,6 +1,7 @@
 """Fixtures of the reliability tests: a private workspace, tiny datasets to break, the command line called
 in-process, and a guard that every file that existed under ``results/``, ``data/``, ``data_splits/`` (the
-repository's and the workspace's) is unchanged afterwards."""
+repository's and the workspace's; of the repository's run registry ``results/runs``, every folder) is unchanged
+afterwards."""
 
 from __future__ import annotations
 
