@@ -279,7 +279,7 @@ def test_a_table_workers_error_reaches_the_parent_as_one_line(monkeypatch):
 
 
 _POOL_SCRIPT = """
-import os, sys, time
+import os, time
 from castlib.report.ablations import worker_pool
 
 if __name__ == "__main__":
@@ -302,7 +302,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
 def test_table_workers_end_when_the_command_is_killed(tmp_path, signal_name):
     """`castlib table --jobs` killed (`kill`, `timeout`, a scheduler: no clean-up runs in the parent) must not
-    leave its spawned workers training on, unseen: they end within seconds and a rerun resumes their runs."""
+    leave its spawned workers training on, unseen: they end within seconds (their runs resume on a rerun, from
+    their checkpoints, as tests/reliability/test_rel_slow.py checks of a killed `make reproduce`)."""
     import os
     import signal
     import subprocess
