@@ -32,8 +32,8 @@ def file_stamps(*folders: Path, skip: Path | None = None) -> dict[str, tuple[int
 
 def folder_stamps(folder: Path) -> dict[str, tuple[int, int, int]]:
     """The same for ``folder`` and every directory under it: the kit writes each file atomically (a temporary
-    file renamed into place, :mod:`castlib.io`), so each of its writes and every removal changes the
-    directory's mtime. For the repository's run registry, which a stat of every file made the guard's cost: 1.8M files after
+    file renamed into place, :mod:`castlib.io`), so each of its writes and every removal changes the directory's
+    mtime. For the repository's run registry, which a stat of every file made the guard's cost: 1.8M files after
     the mini tables, 27 s a pass, two passes a test."""
     return {root: _stamp(Path(root)) for root, _, _ in os.walk(folder)} if folder.is_dir() else {}
 
