@@ -208,6 +208,29 @@ def cmd_ceiling(args: argparse.Namespace) -> None:
     print(f"mask-grid ceiling, profile {cfg.profile}, {cfg.data.dataset} validation set (a perfect mask after each "
           f"model's mask-logit grid):")
     print(table.round(3).to_string())
+    if args.teacher_runs:
+        print(prompted_table(cfg, args.teacher_runs).round(3).to_string())
+
+
+def prompted_table(cfg, run_ids: list[str]):
+    """:func:`castlib.eval.ceiling.prompted_ceiling` of each teacher run, beside the run's own maskAP."""
+    import pandas as pd
+
+    from castlib.engine.runs import open_run
+    from castlib.engine.stages import load_model
+    from castlib.eval.ceiling import prompted_ceiling
+
+    rows = {}
+    for run_id in run_ids:
+        run = open_run(cfg, run_id)
+        row = prompted_ceiling(cfg, load_model(cfg, run, "teacher"))
+        own = run.metrics.get("ap", float("nan")) if (run.dir / "metrics.json").is_file() else float("nan")
+        rows[f"{run.stage} {run.id}"] = {"own_ap": own, **row}
+    table = pd.DataFrame(rows).T
+    table["instances"] = table["instances"].astype(int)
+    print(f"teacher runs' SAM2 prompted with the ground-truth boxes (a perfect detector), profile {cfg.profile}, "
+          f"{cfg.data.dataset} validation set; own_ap: the run's own maskAP (its metrics.json):")
+    return table
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -292,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.add_argument("--segmenter-sizes", type=int, nargs="*", default=[], metavar="S",
                    help="also SAM2 at these input sizes S (grid S/4 x S/4), beside the config's")
+    p.add_argument("--teacher-runs", nargs="+", default=[], metavar="RUN",
+                   help="also these teacher runs' SAM2 prompted with the ground-truth boxes (a perfect detector): "
+                        "mask IoUs and maskAP, beside each run's own maskAP")
     p.set_defaults(func=cmd_ceiling)
 
     p = sub.add_parser("notebooks", help="run notebooks headless (papermill) from their .py sources")

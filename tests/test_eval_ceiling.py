@@ -56,3 +56,47 @@ def test_a_segmenter_size_below_one_grid_cell_is_refused_by_name(capsys):
 
     assert main(["ceiling", "--profile", "smoke", "--segmenter-sizes", "128", "2"]) == 2
     assert capsys.readouterr().err.startswith("error: --segmenter-sizes: each size must be at least 4")
+
+
+class _Filled(torch.nn.Module):
+    """A stand-in teacher whose SAM2 answers every box prompt with one constant logit (a whole-image mask or
+    none), so the prompted ceiling's IoUs have a closed form."""
+
+    def __init__(self, logit: float):
+        super().__init__()
+        self.logit, self.prompts = logit, []
+
+    def masks_for_boxes(self, images, boxes):
+        self.prompts.append(boxes)
+        return torch.full((len(images), boxes.shape[1], 8, 8), self.logit)
+
+
+def test_the_prompted_ceiling_scores_the_segmenter_on_the_true_boxes(smoke_config):
+    from castlib.data.loaders import prepare_data, val_dataset
+    from castlib.eval.ceiling import prompted_ceiling
+
+    cfg = smoke_config()
+    prepare_data(cfg)
+    samples = [val_dataset(cfg)[i] for i in range(len(val_dataset(cfg)))]
+    masks = [torch.as_tensor(s.masks).bool() for s in samples]
+    masks = [m[m.flatten(1).any(-1)] for m in masks]
+    # A whole-image mask's IoU with an instance is the instance's share of the image.
+    expected = np.concatenate([(m.flatten(1).float().mean(1)).numpy() for m in masks if len(m)])
+    whole = _Filled(10.0)
+    row = prompted_ceiling(cfg, whole)
+    assert row["instances"] == len(expected) > 0
+    assert row["mean_iou"] == pytest.approx(expected.mean(), rel=1e-5)
+    # Every prompt is an instance's box, (cx, cy, w, h) normalised, inside the image.
+    boxes = torch.cat([b[0] for b in whole.prompts])
+    assert len(boxes) == len(expected) and ((boxes > 0) & (boxes <= 1)).all()
+    # Whole-image masks barely overlap small instances: well below the grid ceiling, above nothing.
+    assert 0 <= row["mask_ap"] < 5
+    empty = prompted_ceiling(cfg, _Filled(-10.0))
+    assert (empty["mean_iou"], empty["mask_ap"]) == (0.0, 0.0)
+
+
+def test_the_ceiling_names_a_run_that_is_not_there(capsys, smoke_config, tmp_path):
+    from castlib.__main__ import main
+
+    assert main(["ceiling", "--profile", "smoke", "--set", f"runs_dir={tmp_path}", "--teacher-runs", "abc123"]) != 0
+    assert "no run abc123" in capsys.readouterr().err

@@ -7,9 +7,15 @@ the cap on a validation set: each ground-truth mask is averaged down to the mode
 grid can hold), upsampled back and thresholded at 0.5, and its IoU with the original is what a perfect detector,
 classifier and segmenter would reach. The COCO-threshold share (IoU >= 0.50, 0.55, ..., 0.95, averaged) bounds the
 recall maskAP averages over, so it is an upper bound on maskAP from the grid alone.
+
+``prompted_ceiling`` measures a trained teacher's segmenter the same way: SAM2 prompted with the ground-truth
+boxes (a perfect detector), its masks' IoUs and their maskAP with the true classes. Against the teacher's own
+maskAP it splits what the teacher loses between the detector (boxes, classes, scores) and SAM2 (masks).
 """
 
 from __future__ import annotations
+
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -81,3 +87,48 @@ def grid_ceiling(cfg, segmenter_sizes: tuple[int, ...] = ()) -> pd.DataFrame:
                      *(f"{h} x {w}" for h, w in teacher.values())]
     table["instances"] = table["instances"].astype(int)
     return table
+
+
+def prompted_ceiling(cfg, teacher: torch.nn.Module) -> dict[str, float]:
+    """``teacher``'s SAM2 with a perfect detector, on ``cfg``'s validation set: each ground-truth instance's box
+    (its mask's extent) prompts :meth:`~castlib.models.teacher.Teacher.masks_for_boxes`, and the mask (logit > 0,
+    upsampled bilinearly to the image, as the teacher's pseudo-labels) is scored against its instance.
+    :func:`summarise` of the IoUs, plus ``mask_ap`` / ``mask_ap50``: maskAP of these masks with their true
+    classes at score 1 (the config's table metric), what the teacher would reach if its detector were exact."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from castlib.data.loaders import dataset_root, make_loader, val_dataset
+    from castlib.eval.evaluate import evaluate_predictions
+    from castlib.eval.ground_truth import GroundTruth
+    from castlib.eval.inference import Prediction
+    from castlib.models.grounding import mask_boxes
+
+    dataset = val_dataset(cfg)
+    gt = GroundTruth.from_dataset(dataset)
+    predictions, ious = {}, []
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.inference_mode():
+            for batch in make_loader(dataset, 1, seed=0, shuffle=False, drop_last=False):
+                image_id, masks, labels = batch.image_ids[0], batch.masks[0].bool(), batch.labels[0]
+                keep = masks.flatten(1).any(-1)
+                masks, labels = masks[keep], labels[keep]
+                size = gt.sizes[image_id]
+                if not len(masks):
+                    predictions[image_id] = Prediction(torch.zeros(0, *size, dtype=torch.bool), labels, torch.zeros(0))
+                    continue
+                images = TF.to_dtype(batch.images, torch.float32, scale=True)
+                logits = teacher.masks_for_boxes(images, mask_boxes(masks)[None])
+                pred = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)[0] > 0
+                inter = (pred & masks).flatten(1).sum(1).float()
+                ious.extend((inter / (pred | masks).flatten(1).sum(1).float().clamp(min=1)).tolist())
+                full = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0] > 0
+                predictions[image_id] = Prediction(full, labels, torch.ones(len(labels)))
+    finally:
+        teacher.train(was_training)
+    if not ious:
+        raise DataError(dataset_root(cfg), "the validation set holds no instances, so it has no prompted ceiling")
+    with tempfile.TemporaryDirectory() as out_dir:
+        metrics = evaluate_predictions(predictions, gt, out_dir, cfg.eval.table_metric[cfg.data.dataset])
+    return {**summarise(np.array(ious)), "mask_ap": metrics["ap"], "mask_ap50": metrics["ap50"]}

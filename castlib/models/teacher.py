@@ -186,6 +186,12 @@ class Teacher(SegmentationModel):
         return self.segmenter(pixel_values=squash(x, self.image_size), input_boxes=prompts.detach(),
                               multimask_output=False)
 
+    def masks_for_boxes(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """SAM2's mask logits ``[B, N, S/4, S/4]`` (covering the image extent) for given normalised (cx, cy, w, h)
+        ``boxes`` ``[B, N, 4]`` on ``images`` in ``[0, 1]``: the chain with the detector's boxes replaced
+        (:func:`castlib.eval.ceiling.prompted_ceiling` prompts with the ground truth's)."""
+        return self._segment(normalize(images), boxes).pred_masks[:, :, 0]
+
     def forward(self, images: torch.Tensor) -> SegmentationOutput:
         x = normalize(images)
         p, q, boxes = self._detect(x)
