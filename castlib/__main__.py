@@ -209,6 +209,8 @@ def cmd_ceiling(args: argparse.Namespace) -> None:
           f"model's mask-logit grid):")
     print(table.round(3).to_string())
     if args.teacher_runs:
+        print(f"teacher runs' SAM2 prompted with the ground-truth boxes (a perfect detector), profile {cfg.profile}, "
+              f"{cfg.data.dataset} validation set; own_ap: the run's own maskAP (its metrics.json):")
         print(prompted_table(cfg, args.teacher_runs).round(3).to_string())
 
 
@@ -228,8 +230,6 @@ def prompted_table(cfg, run_ids: list[str]):
         rows[f"{run.stage} {run.id}"] = {"own_ap": own, **row}
     table = pd.DataFrame(rows).T
     table["instances"] = table["instances"].astype(int)
-    print(f"teacher runs' SAM2 prompted with the ground-truth boxes (a perfect detector), profile {cfg.profile}, "
-          f"{cfg.data.dataset} validation set; own_ap: the run's own maskAP (its metrics.json):")
     return table
 
 
