@@ -214,6 +214,27 @@ def cmd_ceiling(args: argparse.Namespace) -> None:
         print(prompted_table(cfg, args.teacher_runs).round(3).to_string())
 
 
+def cmd_pseudo_quality(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from castlib.engine.runs import RunError, open_run
+    from castlib.eval.pseudo_labels import pseudo_label_quality
+
+    cfg = config_from_args(args)
+    rows = {}
+    for run_id in args.runs:
+        run = open_run(cfg, run_id)
+        if run.info.get("stage") != "pseudo_labels":
+            raise RunError(run.dir, f"run {run_id} is a {run.info.get('stage')} run, not a pseudo_labels run")
+        run.require_complete()
+        rows[run_id] = {"teacher": run.info.get("inputs", {}).get("teacher", ""),
+                        "threshold": run.metrics.get("threshold", float("nan")),
+                        **pseudo_label_quality(cfg, run.pseudo_label_dir)}
+    print(f"pseudo-labels against the withheld annotations of D_u, profile {cfg.profile}, {cfg.data.dataset}; "
+          f"precision / recall: one-to-one matches of the same class at mask IoU >= 0.5:")
+    print(pd.DataFrame.from_dict(rows, orient="index").round(3).to_string())
+
+
 def prompted_table(cfg, run_ids: list[str]):
     """:func:`castlib.eval.ceiling.prompted_ceiling` of each teacher run, beside the run's own maskAP."""
     import pandas as pd
@@ -319,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also these teacher runs' SAM2 prompted with the ground-truth boxes (a perfect detector): "
                         "mask IoUs and maskAP, beside each run's own maskAP")
     p.set_defaults(func=cmd_ceiling)
+
+    p = sub.add_parser("pseudo-quality", help="precision and recall of pseudo_labels runs against the withheld "
+                                              "annotations of the unlabelled images")
+    add_config_arguments(p)
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="pseudo_labels run ids")
+    p.set_defaults(func=cmd_pseudo_quality)
 
     p = sub.add_parser("notebooks", help="run notebooks headless (papermill) from their .py sources")
     p.add_argument("sources", nargs="*", help="notebooks/NN_*.py files (default: all, in order)")
