@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from castlib.eval.pseudo_labels import matched_ious, pseudo_label_quality
+from castlib.eval.pseudo_labels import mask_ious, matched_ious, pseudo_label_quality
+
+
+def _match(pseudo, truth, class_aware=True):
+    return matched_ious(mask_ious(pseudo[0], truth[0]), pseudo[1], truth[1], class_aware)
 
 
 def _square(top: int, left: int, size: int, shape=(16, 16)) -> np.ndarray:
@@ -18,11 +22,14 @@ def test_matching_is_one_to_one_within_each_class():
     truth = (np.stack([_square(0, 0, 4), _square(8, 8, 4)]), np.array([0, 1]))
     # Two copies of the first object (one can match), and the second object under the wrong class.
     pseudo = (np.stack([_square(0, 0, 4), _square(0, 0, 4), _square(8, 8, 4)]), np.array([0, 0, 2]))
-    assert matched_ious(pseudo, truth).tolist() == [1.0]
-    assert sorted(matched_ious(pseudo, truth, class_aware=False).tolist()) == [1.0, 1.0]
+    assert _match(pseudo, truth).tolist() == [1.0]
+    assert sorted(_match(pseudo, truth, class_aware=False).tolist()) == [1.0, 1.0]
     # A half-covering mask matches at IoU 1/2; a disjoint one is no match at all.
     half = (np.stack([_square(0, 0, 4) & (np.arange(16) < 2)[None], _square(12, 0, 2)]), np.array([0, 0]))
-    assert matched_ious(half, truth).tolist() == [0.5]
+    assert _match(half, truth).tolist() == [0.5]
+    # An image without pseudo-labels (or without true instances) has no matches.
+    none = (np.zeros((0, 16, 16), bool), np.zeros(0, np.int64))
+    assert _match(none, truth).tolist() == [] and _match(truth, none).tolist() == []
 
 
 @pytest.fixture

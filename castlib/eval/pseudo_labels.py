@@ -23,27 +23,28 @@ IOU_THRESHOLD = 0.5
 
 def mask_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU ``[N, M]`` of bool masks ``a`` ``[N, H, W]`` and ``b`` ``[M, H, W]``."""
-    a, b = a.reshape(len(a), -1).astype(np.float32), b.reshape(len(b), -1).astype(np.float32)
+    pixels = int(np.prod(a.shape[1:]))  # explicit: either side may hold no mask
+    a, b = a.reshape(len(a), pixels).astype(np.float32), b.reshape(len(b), pixels).astype(np.float32)
     inter = a @ b.T
     union = a.sum(1)[:, None] + b.sum(1)[None] - inter
     return inter / np.maximum(union, 1)
 
 
-def matched_ious(pseudo: tuple[np.ndarray, np.ndarray], truth: tuple[np.ndarray, np.ndarray],
+def matched_ious(ious: np.ndarray, pseudo_labels: np.ndarray, true_labels: np.ndarray,
                  class_aware: bool = True) -> np.ndarray:
-    """The IoUs of the one-to-one matching (Hungarian, maximal total IoU) of ``pseudo`` = (masks, labels) to
-    ``truth`` = (masks, labels), within each class when ``class_aware``; pairs of IoU 0 are not matches."""
-    (p_masks, p_labels), (t_masks, t_labels) = pseudo, truth
-    groups = np.union1d(p_labels, t_labels) if class_aware else [None]
+    """The IoUs of the one-to-one matching (Hungarian, maximal total IoU) of pseudo-labels to true instances, from
+    their IoU matrix ``ious`` ``[N, M]`` (:func:`mask_ious`) and labels; within each class when ``class_aware``.
+    Pairs of IoU 0 are not matches."""
+    groups = np.union1d(pseudo_labels, true_labels) if class_aware else [None]
     found = []
     for c in groups:
-        p = np.ones(len(p_labels), bool) if c is None else p_labels == c
-        t = np.ones(len(t_labels), bool) if c is None else t_labels == c
-        if not p.any() or not t.any():
+        rows = np.ones(len(pseudo_labels), bool) if c is None else pseudo_labels == c
+        cols = np.ones(len(true_labels), bool) if c is None else true_labels == c
+        if not rows.any() or not cols.any():
             continue
-        ious = mask_ious(p_masks[p], t_masks[t])
-        rows, cols = linear_sum_assignment(ious, maximize=True)
-        found.extend(v for v in ious[rows, cols] if v > 0)
+        block = ious[np.ix_(rows, cols)]
+        r, k = linear_sum_assignment(block, maximize=True)
+        found.extend(v for v in block[r, k] if v > 0)
     return np.asarray(found, dtype=float)
 
 
@@ -56,25 +57,24 @@ def pseudo_label_quality(cfg, pseudo_root: str | Path, image_ids: list[str] | No
 
     ids = read_split_ids(cfg, "unlabelled") if image_ids is None else image_ids
     truth = build_dataset(cfg, "train", ids)
-    for image_id in ids:  # before the reader, which would only say "annotation missing"
-        path = Path(pseudo_root) / truth.annotation_path(image_id).relative_to(truth.annotation_root)
-        if not path.is_file():
-            raise DataError(path, "no pseudo-label for this unlabelled image: the pseudo_labels run is not "
-                                  "complete, or belongs to another split")
-    pseudo = build_dataset(cfg, "train", ids, annotation_root=pseudo_root)
     n_pseudo = n_true = hits = agnostic_hits = 0
     matched = []
     for image_id in ids:
-        path = pseudo.annotation_path(image_id)
-        p, t = pseudo.decode(path), truth.decode(truth.annotation_path(image_id))
-        if p[0].shape[1:] != t[0].shape[1:]:
-            raise DataError(path, f"pseudo-label is {p[0].shape[2]}x{p[0].shape[1]}, its image's annotation "
-                                  f"{t[0].shape[2]}x{t[0].shape[1]}")
-        n_pseudo, n_true = n_pseudo + len(p[1]), n_true + len(t[1])
-        ious = matched_ious(p, t)
-        matched.extend(ious)
-        hits += int((ious >= IOU_THRESHOLD).sum())
-        agnostic_hits += int((matched_ious(p, t, class_aware=False) >= IOU_THRESHOLD).sum())
+        true_path = truth.annotation_path(image_id)
+        path = Path(pseudo_root) / true_path.relative_to(truth.annotation_root)  # where stages.pseudo_labels writes
+        if not path.is_file():
+            raise DataError(path, "no pseudo-label for this unlabelled image: the pseudo_labels run is not "
+                                  "complete, or belongs to another split")
+        (p_masks, p_labels), (t_masks, t_labels) = truth.decode(path), truth.decode(true_path)
+        if p_masks.shape[1:] != t_masks.shape[1:]:
+            raise DataError(path, f"pseudo-label is {p_masks.shape[2]}x{p_masks.shape[1]}, its image's annotation "
+                                  f"{t_masks.shape[2]}x{t_masks.shape[1]}")
+        n_pseudo, n_true = n_pseudo + len(p_labels), n_true + len(t_labels)
+        ious = mask_ious(p_masks, t_masks)
+        same_class = matched_ious(ious, p_labels, t_labels)
+        matched.extend(same_class)
+        hits += int((same_class >= IOU_THRESHOLD).sum())
+        agnostic_hits += int((matched_ious(ious, p_labels, t_labels, class_aware=False) >= IOU_THRESHOLD).sum())
     nan = float("nan")
     return {"images": len(ids), "pseudo_per_image": n_pseudo / max(len(ids), 1),
             "true_per_image": n_true / max(len(ids), 1),
