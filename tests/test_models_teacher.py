@@ -285,3 +285,18 @@ def test_eval_masks_are_the_single_mask_token_unless_the_fallback_is_asked_for(c
         trained_path = teacher(images).mask_logits
         evaluated = teacher.eval()(images).mask_logits
     assert torch.equal(evaluated, trained_path) != dynamic
+
+
+def test_paper_random_weight_teacher_has_the_hub_teachers_architecture():
+    """``model.pretrained=false`` on the paper profile builds MM-Grounding-DINO Swin-L + SAM2.1 Hiera-L, not a
+    smoke-size teacher: 559.5M parameters as the hub teacher's (issue 30's review; the projection heads included),
+    within 0.1%. BERT's embedding has bert-base's 30522 rows (``text_vocab_size``), though the local tokenizer
+    uses only its first ids. Built on the meta device (no memory, well under a second)."""
+    cfg = load_config("paper", ["model.pretrained=false"])
+    with torch.device("meta"):
+        teacher = build_model(cfg, "teacher", C, pretrained=False)
+    count = sum(p.numel() for p in teacher.parameters())
+    assert count == pytest.approx(559.5e6, rel=1e-3)
+    assert teacher.detector.model.text_backbone.embeddings.word_embeddings.num_embeddings == 30522
+    assert len(teacher.detector.model.input_proj_vision) == 5  # four Swin stages out and one extra level
+    assert len(teacher.segmenter.vision_encoder.backbone.blocks) == 48  # Hiera-L's 2 + 6 + 36 + 4 blocks
