@@ -101,14 +101,16 @@ def test_ade20k_teacher_pools_the_queries_of_its_prompt_chunks(cfg):
 
 def test_sam2_gets_the_image_squashed_to_its_square_input_and_boxes_scaled_per_axis(teacher):
     """Pitfall S1: SAM2 takes S x S images; (cx, cy, w, h) boxes become S x S pixel corners."""
-    seen = {}
-    hook = teacher.segmenter.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    seen, pixels = {}, []
+    hooks = [teacher.segmenter.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True),
+             teacher.segmenter.vision_encoder.register_forward_pre_hook(lambda _, args: pixels.append(args[0]))]
     try:
         out = teacher(torch.rand(1, 3, 70, 210))
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     s = teacher.image_size
-    assert seen["pixel_values"].shape == (1, 3, s, s) and seen["multimask_output"] is False
+    assert [p.shape for p in pixels] == [(1, 3, s, s)] and seen["multimask_output"] is False
     want = box_convert(out.extras["boxes"], "cxcywh", "xyxy").clamp(0, 1) * s
     assert torch.allclose(seen["input_boxes"], want)
 
