@@ -26,6 +26,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import box_convert
 from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoTokenizer, Sam2Config, Sam2Model
 
@@ -49,6 +50,7 @@ from castlib.models.projection import ProjectionHeads
 from castlib.models.segmenter import mask_loss, sam2_config, squash
 
 TOKENIZER_DIR = "tokenizer"
+MASK_CHUNK = 16  # box prompts SAM2's mask decoder takes at a time where it keeps no activations
 DETECTOR_TYPES = ("grounding-dino", "mm-grounding-dino")
 
 
@@ -96,6 +98,7 @@ class Teacher(SegmentationModel):
             raise ConfigError(None, "model.teacher.top_k", f"{spec.top_k} is more than the detector's "
                                                           f"{config.num_queries} queries")
         self.top_k = spec.top_k
+        self.activation_checkpointing = bool(spec.activation_checkpointing)
         self.prompts = [Prompt(self.tokenizer, self.class_names, chunk, config.max_text_len)
                         for chunk in prompt_chunks(self.tokenizer, self.class_names, config.max_text_len)]
         self.detection_loss = DetectionLoss(config)
@@ -220,11 +223,28 @@ class Teacher(SegmentationModel):
         return [m.permute(1, 2, 0).view(len(x), -1, *size) for m, size in zip(maps, segmenter.backbone_feature_sizes,
                                                                               strict=True)]
 
-    def _decode_masks(self, embeddings: list[torch.Tensor], boxes: torch.Tensor):
+    def _decode_masks(self, embeddings: list[torch.Tensor], boxes: torch.Tensor) -> SimpleNamespace:
         """SAM2's mask decoder on image ``embeddings`` with normalised (cx, cy, w, h) ``boxes`` ``[B, N, 4]`` as
-        prompts, scaled per axis to the S x S image (pitfall S1), one mask per box (S3)."""
-        prompts = box_convert(boxes, "cxcywh", "xyxy").clamp(0, 1) * self.image_size
-        return self.segmenter(image_embeddings=embeddings, input_boxes=prompts.detach(), multimask_output=False)
+        prompts, scaled per axis to the S x S image (pitfall S1), one mask per box (S3): ``pred_masks
+        [B, N, 1, S/4, S/4]``, ``iou_scores`` and ``object_score_logits`` ``[B, N, 1]``.
+
+        Each prompt is decoded on its own, so the prompts are split into chunks of ``MASK_CHUNK`` where no
+        activations are kept: without gradient (the K predicted boxes, inference), and with
+        ``model.teacher.activation_checkpointing``, where each chunk is recomputed in the backward pass
+        (``torch.utils.checkpoint``): the peak holds one chunk's activations, not every prompt's."""
+        prompts = (box_convert(boxes, "cxcywh", "xyxy").clamp(0, 1) * self.image_size).detach()
+        keep_graph = torch.is_grad_enabled() and not self.activation_checkpointing
+        chunks = [prompts] if keep_graph else prompts.split(MASK_CHUNK, dim=1)
+        outs = []
+        for chunk in chunks:
+            if torch.is_grad_enabled() and not keep_graph:
+                out = checkpoint(self.segmenter, image_embeddings=embeddings, input_boxes=chunk,
+                                 multimask_output=False, use_reentrant=False)
+            else:
+                out = self.segmenter(image_embeddings=embeddings, input_boxes=chunk, multimask_output=False)
+            outs.append(out)
+        return SimpleNamespace(**{key: torch.cat([getattr(o, key) for o in outs], 1)
+                                  for key in ("pred_masks", "iou_scores", "object_score_logits")})
 
     def masks_for_boxes(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """SAM2's mask logits ``[B, N, S/4, S/4]`` (covering the image extent) for given normalised (cx, cy, w, h)
