@@ -8,6 +8,8 @@ of SAM2's loss and L_pxl's negatives are drawn in the same order from the same s
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from castlib.models.geometry import normalize
 from castlib.models.grounding import mask_boxes
 from castlib.models.output import SegmentationOutput
 from castlib.models.segmenter import mask_loss, squash
+from castlib.models.teacher import MASK_CHUNK
 
 C = len(CITYSCAPES)
 RTOL, ATOL = 1e-4, 1e-6  # one batched detector pass against one per part: float32 reduction order only
@@ -158,7 +161,8 @@ def test_one_step_runs_the_detector_once_per_prompt_chunk_and_sams_image_encoder
     detector's forward once per prompt chunk (Cityscapes 1, smoke ADE20K 2) over all images of both parts; SAM2's
     vision encoder once over the weak views (the losses, the predictions for y and the features all read it) and
     once over the strong views (no gradient, DESIGN 5); SAM2's mask decoder once per part (ground-truth boxes) and
-    once for the K predicted boxes. The earlier step ran the detector twice per chunk and the encoder three times."""
+    for the K predicted boxes (without gradient, MASK_CHUNK prompts at a time). The earlier step ran the detector
+    twice per chunk and the encoder three times."""
     cfg = load_config("smoke", [f"data.dataset={dataset}"])
     classes = ADE20K if dataset == "ade20k" else CITYSCAPES
     objective = teacher_objective(cfg, len(classes))
@@ -179,4 +183,5 @@ def test_one_step_runs_the_detector_once_per_prompt_chunk_and_sams_image_encoder
     assert len(teacher.prompts) == (2 if dataset == "ade20k" else 1)
     assert calls["detector"] == [True] * len(teacher.prompts)
     assert calls["vision_encoder"] == [True, False]  # weak views, then strong views without gradient
-    assert calls["mask_decoder"] == [True, True, False]  # L_sup, L_semi, then the K boxes without gradient
+    chunks = math.ceil(teacher.top_k / MASK_CHUNK)  # the K boxes without gradient, MASK_CHUNK at a time
+    assert calls["mask_decoder"] == [True, True] + [False] * chunks  # L_sup, L_semi, then the K boxes

@@ -223,7 +223,7 @@ class Teacher(SegmentationModel):
         return [m.permute(1, 2, 0).view(len(x), -1, *size) for m, size in zip(maps, segmenter.backbone_feature_sizes,
                                                                               strict=True)]
 
-    def _decode_masks(self, embeddings: list[torch.Tensor], boxes: torch.Tensor) -> SimpleNamespace:
+    def _decode_masks(self, embeddings: list[torch.Tensor], boxes: torch.Tensor):
         """SAM2's mask decoder on image ``embeddings`` with normalised (cx, cy, w, h) ``boxes`` ``[B, N, 4]`` as
         prompts, scaled per axis to the S x S image (pitfall S1), one mask per box (S3): ``pred_masks
         [B, N, 1, S/4, S/4]``, ``iou_scores`` and ``object_score_logits`` ``[B, N, 1]``.
@@ -233,16 +233,13 @@ class Teacher(SegmentationModel):
         ``model.teacher.activation_checkpointing``, where each chunk is recomputed in the backward pass
         (``torch.utils.checkpoint``): the peak holds one chunk's activations, not every prompt's."""
         prompts = (box_convert(boxes, "cxcywh", "xyxy").clamp(0, 1) * self.image_size).detach()
-        keep_graph = torch.is_grad_enabled() and not self.activation_checkpointing
-        chunks = [prompts] if keep_graph else prompts.split(MASK_CHUNK, dim=1)
-        outs = []
-        for chunk in chunks:
-            if torch.is_grad_enabled() and not keep_graph:
-                out = checkpoint(self.segmenter, image_embeddings=embeddings, input_boxes=chunk,
-                                 multimask_output=False, use_reentrant=False)
-            else:
-                out = self.segmenter(image_embeddings=embeddings, input_boxes=chunk, multimask_output=False)
-            outs.append(out)
+        grad = torch.is_grad_enabled()
+        if grad and not self.activation_checkpointing:
+            return self.segmenter(image_embeddings=embeddings, input_boxes=prompts, multimask_output=False)
+        outs = [checkpoint(self.segmenter, image_embeddings=embeddings, input_boxes=chunk, multimask_output=False,
+                           use_reentrant=False) if grad else
+                self.segmenter(image_embeddings=embeddings, input_boxes=chunk, multimask_output=False)
+                for chunk in prompts.split(MASK_CHUNK, dim=1)]
         return SimpleNamespace(**{key: torch.cat([getattr(o, key) for o in outs], 1)
                                   for key in ("pred_masks", "iou_scores", "object_score_logits")})
 
