@@ -14,8 +14,8 @@ parameters) + the measured per-image step peak x images per GPU. CPU resident me
 (same tensors; no CUDA context or allocator cache counted).
 
 ``python -m benchmarks`` runs it on the smoke profile (seconds); the paper numbers come from
-``python -m benchmarks.bench_teacher_memory --profile paper --set model.pretrained=false`` (minutes and ~20 GiB
-per teacher setting on a CPU).
+``python -m benchmarks.bench_teacher_memory --profile paper --set model.pretrained=false`` (minutes and 8-11 GiB
+per teacher setting on a CPU; docs/findings/teacher_step_memory.md).
 """
 
 from __future__ import annotations
