@@ -101,14 +101,16 @@ def test_ade20k_teacher_pools_the_queries_of_its_prompt_chunks(cfg):
 
 def test_sam2_gets_the_image_squashed_to_its_square_input_and_boxes_scaled_per_axis(teacher):
     """Pitfall S1: SAM2 takes S x S images; (cx, cy, w, h) boxes become S x S pixel corners."""
-    seen = {}
-    hook = teacher.segmenter.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    seen, pixels = {}, []
+    hooks = [teacher.segmenter.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True),
+             teacher.segmenter.vision_encoder.register_forward_pre_hook(lambda _, args: pixels.append(args[0]))]
     try:
         out = teacher(torch.rand(1, 3, 70, 210))
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     s = teacher.image_size
-    assert seen["pixel_values"].shape == (1, 3, s, s) and seen["multimask_output"] is False
+    assert [p.shape for p in pixels] == [(1, 3, s, s)] and seen["multimask_output"] is False
     want = box_convert(out.extras["boxes"], "cxcywh", "xyxy").clamp(0, 1) * s
     assert torch.allclose(seen["input_boxes"], want)
 
@@ -285,3 +287,66 @@ def test_eval_masks_are_the_single_mask_token_unless_the_fallback_is_asked_for(c
         trained_path = teacher(images).mask_logits
         evaluated = teacher.eval()(images).mask_logits
     assert torch.equal(evaluated, trained_path) != dynamic
+
+
+def test_paper_random_weight_teacher_has_the_hub_teachers_architecture():
+    """``model.pretrained=false`` on the paper profile builds MM-Grounding-DINO Swin-L + SAM2.1 Hiera-L, not a
+    smoke-size teacher: 559.5M parameters as the hub teacher's (issue 30's review; the projection heads included),
+    within 0.1%. BERT's embedding has bert-base's 30522 rows (``text_vocab_size``), though the local tokenizer
+    uses only its first ids. Built on the meta device (no memory, well under a second)."""
+    cfg = load_config("paper", ["model.pretrained=false"])
+    with torch.device("meta"):
+        teacher = build_model(cfg, "teacher", C, pretrained=False)
+    count = sum(p.numel() for p in teacher.parameters())
+    assert count == pytest.approx(559.5e6, rel=1e-3)
+    assert teacher.detector.model.text_backbone.embeddings.word_embeddings.num_embeddings == 30522
+    assert len(teacher.detector.model.input_proj_vision) == 5  # four Swin stages out and one extra level
+    assert len(teacher.segmenter.vision_encoder.backbone.blocks) == 48  # Hiera-L's 2 + 6 + 36 + 4 blocks
+
+
+def many_instances(count: int, height: int = 112, width: int = 224, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(count, height, width, dtype=torch.bool)
+    for k in range(count):
+        y, x = int(torch.randint(0, height - 20, (), generator=g)), int(torch.randint(0, width - 30, (), generator=g))
+        masks[k, y:y + 20, x:x + 30] = True
+    return {"masks": masks, "labels": torch.randint(0, C, (count,), generator=g)}
+
+
+def test_activation_checkpointing_leaves_the_loss_and_gradients_unchanged():
+    """``model.teacher.activation_checkpointing`` recomputes SAM2's mask decoder in chunks of MASK_CHUNK prompts in
+    the backward pass: the same loss terms and gradients (float32 noise, rtol 1e-4) with 20 + 40 instances, i.e.
+    several chunks per image."""
+    images = torch.rand(2, 3, 112, 224)
+    targets = [many_instances(20, seed=1), many_instances(40, seed=2)]
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        cfg = load_config("smoke", [f"model.teacher.activation_checkpointing={str(checkpointing).lower()}"])
+        teacher = build_model(cfg, "teacher", C).eval()
+        calls = []
+        hook = teacher.segmenter.mask_decoder.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        torch.manual_seed(3)
+        losses = teacher.supervised_loss(images, targets)
+        hook.remove()  # counts the forward pass's calls only
+        losses["loss"].backward()
+        grads = {n: p.grad for n, p in teacher.named_parameters() if p.grad is not None}
+        results.append((losses, grads, len(calls)))
+    (plain, plain_grads, plain_calls), (checked, checked_grads, checked_calls) = results
+    assert plain_calls == 1 and checked_calls == 3  # 40 prompts (20 + 20 padding): 3 chunks of 16
+    for key, value in plain.items():
+        assert torch.allclose(checked[key], value, rtol=1e-4, atol=1e-6), key
+    assert set(checked_grads) == set(plain_grads) and any(n.startswith("segmenter.mask_decoder") for n in plain_grads)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(checked_grads[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_masks_decoded_without_gradient_in_chunks_equal_those_decoded_at_once(teacher):
+    """Without gradient (the K predicted boxes of a step, inference) SAM2 decodes MASK_CHUNK prompts at a time."""
+    images = torch.rand(1, 3, 112, 224)
+    with torch.no_grad():
+        chunked = teacher(images)
+    whole = teacher(images)
+    assert teacher.top_k > 16
+    assert torch.allclose(chunked.mask_logits, whole.mask_logits, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(chunked.extras["iou_scores"], whole.extras["iou_scores"], rtol=1e-4, atol=1e-6)

@@ -55,8 +55,9 @@ class Objective(nn.Module):
     """One step's losses for ``model`` (student or teacher).
 
     ``supervised``: ``"criterion"`` (the student: ``criterion(output, masks, labels)``) or ``"teacher"``
-    (``model.supervised_loss(images, targets)``). ``contrastive``: the keyword options of
-    :func:`pixel_contrastive_loss`, or None to leave L_pxl out.
+    (``model.training_step(images, targets_per_part)``: the teacher's adaptation loss per part and, with L_pxl,
+    its predictions and features from the same passes, so each teacher model runs once per step).
+    ``contrastive``: the keyword options of :func:`pixel_contrastive_loss`, or None to leave L_pxl out.
     """
 
     def __init__(self, model: nn.Module, supervised: str, criterion: nn.Module | None = None, *,
@@ -73,23 +74,29 @@ class Objective(nn.Module):
         self.contrastive_weight = contrastive_weight
         self.bank = bank
 
-    def _supervised(self, images: torch.Tensor, output: SegmentationOutput | None, batch: Batch) -> dict:
+    def _supervised(self, images: torch.Tensor, parts: list[Batch]) -> tuple[list[dict], SegmentationOutput | None]:
+        """The supervised loss of each part (L_sup, L_semi) and the model's output on ``images`` (None for the
+        teacher without L_pxl, which needs no predictions)."""
         if self.supervised == "teacher":
-            return self.model.supervised_loss(images, targets_of(batch))
-        return self.criterion(output, batch.masks, batch.labels)
+            return self.model.training_step(images, [targets_of(p) for p in parts],
+                                            predict=self.contrastive is not None)
+        output = self.model(images)
+        losses, start = [], 0
+        for part in parts:
+            losses.append(self.criterion(take(output, start, start + len(part)), part.masks, part.labels))
+            start += len(part)
+        return losses, output
 
     def forward(self, labelled: Batch, unlabelled: Batch | None = None) -> dict[str, torch.Tensor]:
         parts = [labelled] if unlabelled is None else [labelled, unlabelled]
         images = torch.cat([p.images for p in parts])
-        n = len(labelled)
-        needs_output = self.supervised == "criterion" or self.contrastive is not None
-        output = self.model(images) if needs_output else None
+        per_part, output = self._supervised(images, parts)
         losses: dict[str, torch.Tensor] = {}
-        sup = self._supervised(images[:n], None if output is None else take(output, 0, n), labelled)
+        sup = per_part[0]
         total = sup["loss"]
         losses |= {f"sup/{k}": v.detach() for k, v in sup.items()}
         if unlabelled is not None:
-            semi = self._supervised(images[n:], None if output is None else take(output, n), unlabelled)
+            semi = per_part[1]
             total = total + self.semi_weight * semi["loss"]
             losses |= {f"semi/{k}": v.detach() for k, v in semi.items()}
         if self.contrastive is not None:

@@ -51,18 +51,23 @@ def local_tokenizer(words: Sequence[str] | None = None) -> BertTokenizer:
 
 def detector_config(spec: Config, vocab_size: int) -> PreTrainedConfig:
     """A Grounding DINO (``spec.model_type``: ``mm-grounding-dino`` or ``grounding-dino``) from the
-    ``model.teacher.detector`` sizes, for random weights (smoke and mini profiles): a Swin image backbone, a BERT
-    text encoder over ``vocab_size`` tokens, and the deformable encoder/decoder with ``d_model`` channels (a
-    multiple of 32, pitfall G3)."""
-    backbone = SwinConfig(embed_dim=spec.swin_width, depths=list(spec.swin_depths), num_heads=list(spec.swin_heads),
-                          window_size=7, out_indices=[2, 3, 4])
-    text = BertConfig(vocab_size=vocab_size, hidden_size=spec.text_hidden, num_hidden_layers=spec.text_layers,
-                      num_attention_heads=spec.text_heads, intermediate_size=4 * spec.text_hidden,
-                      max_position_embeddings=max(512, spec.max_text_len))
+    ``model.teacher.detector`` sizes, for random weights: a Swin image backbone (its stages ``swin_out_indices``
+    feed the encoder, plus extra strided levels up to ``num_feature_levels``), a BERT text encoder over
+    ``text_vocab_size`` tokens (0: ``vocab_size``, the tokenizer's), and the deformable encoder/decoder with
+    ``d_model`` channels (a multiple of 32, pitfall G3). The paper profile's sizes are MM-Grounding-DINO Swin-L's
+    (``transformers``' conversion script for ``mm_grounding_dino_large_all``: Swin-L window 12 with all four
+    stages out, five feature levels, BERT-base)."""
+    backbone = SwinConfig(embed_dim=spec.swin_width, depths=list(spec.swin_depths),
+                          num_heads=list(spec.swin_heads), window_size=spec.swin_window,
+                          out_indices=list(spec.swin_out_indices))
+    text = BertConfig(vocab_size=spec.text_vocab_size or vocab_size, hidden_size=spec.text_hidden,
+                      num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+                      intermediate_size=4 * spec.text_hidden, max_position_embeddings=max(512, spec.max_text_len))
     return AutoConfig.for_model(
         spec.model_type, backbone_config=backbone, text_config=text, d_model=spec.d_model,
-        encoder_layers=spec.encoder_layers, decoder_layers=spec.decoder_layers, encoder_ffn_dim=spec.ffn_dim,
-        decoder_ffn_dim=spec.ffn_dim, encoder_attention_heads=spec.num_heads, decoder_attention_heads=spec.num_heads,
+        num_feature_levels=spec.num_feature_levels, encoder_layers=spec.encoder_layers,
+        decoder_layers=spec.decoder_layers, encoder_ffn_dim=spec.ffn_dim, decoder_ffn_dim=spec.ffn_dim,
+        encoder_attention_heads=spec.num_heads, decoder_attention_heads=spec.num_heads,
         num_queries=spec.num_queries, max_text_len=spec.max_text_len,
     )
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import box_convert
 from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoTokenizer, Sam2Config, Sam2Model
 
@@ -48,7 +50,17 @@ from castlib.models.projection import ProjectionHeads
 from castlib.models.segmenter import mask_loss, sam2_config, squash
 
 TOKENIZER_DIR = "tokenizer"
+MASK_CHUNK = 16  # box prompts SAM2's mask decoder takes at a time where it keeps no activations
 DETECTOR_TYPES = ("grounding-dino", "mm-grounding-dino")
+
+
+def detector_rows(out, rows: slice) -> SimpleNamespace:
+    """The images ``rows`` of a detector pass: the outputs :class:`DetectionLoss` reads (final and earlier decoder
+    layers' predictions, encoder proposals)."""
+    return SimpleNamespace(
+        logits=out.logits[rows], pred_boxes=out.pred_boxes[rows], enc_outputs_class=out.enc_outputs_class[rows],
+        enc_outputs_coord_logits=out.enc_outputs_coord_logits[rows],
+        auxiliary_outputs=[{k: v[rows] for k, v in layer.items()} for layer in out.auxiliary_outputs])
 
 
 class Teacher(SegmentationModel):
@@ -86,6 +98,7 @@ class Teacher(SegmentationModel):
             raise ConfigError(None, "model.teacher.top_k", f"{spec.top_k} is more than the detector's "
                                                           f"{config.num_queries} queries")
         self.top_k = spec.top_k
+        self.activation_checkpointing = bool(spec.activation_checkpointing)
         self.prompts = [Prompt(self.tokenizer, self.class_names, chunk, config.max_text_len)
                         for chunk in prompt_chunks(self.tokenizer, self.class_names, config.max_text_len)]
         self.detection_loss = DetectionLoss(config)
@@ -166,52 +179,97 @@ class Teacher(SegmentationModel):
         mask = torch.ones_like(ids)
         return self.detector(pixel_values=pixel_values, input_ids=ids, attention_mask=mask, labels=labels), mask
 
-    def _detect(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Phrase scores ``p``, ``1 - p`` ``[B, N, C]`` and boxes ``[B, N, 4]`` of every query of every prompt chunk
-        (a query scores 0 on classes outside its chunk)."""
+    def _chunk_labels(self, prompt: Prompt, targets: list[dict], boxes: list[torch.Tensor],
+                      device: torch.device) -> list[dict]:
+        """The detector's labels on one prompt chunk: per image the phrase index (``class_labels``) and box of
+        each instance whose class is in the chunk."""
+        position = torch.full((self.num_classes,), -1, dtype=torch.long, device=device)
+        position[prompt.classes] = torch.arange(len(prompt.classes), device=device)
+        return [{"class_labels": position[t["labels"]][position[t["labels"]] >= 0],
+                 "boxes": b[position[t["labels"]] >= 0]} for t, b in zip(targets, boxes, strict=True)]
+
+    def _detect(self, x: torch.Tensor, targets: list[dict] | None = None, boxes: list[torch.Tensor] | None = None):
+        """One detector pass per prompt chunk over the batch ``x``; with ``targets`` (and their ``boxes``) each pass
+        also gets the chunk's labels, for :class:`DetectionLoss`. Returns phrase scores ``p``, ``1 - p`` ``[B, N, C]``
+        and boxes ``[B, N, 4]`` of every query of every chunk (a query scores 0 on classes outside its chunk), and
+        per chunk ``(prompt, output, attention mask, labels)``."""
         pixel_values = self._detector_input(x)
-        ps, qs, boxes = [], [], []
+        ps, qs, pred_boxes, passes = [], [], [], []
         for prompt in self.prompts:
-            out, _ = self._run_detector(pixel_values, prompt)
+            labels = None if targets is None else self._chunk_labels(prompt, targets, boxes, x.device)
+            out, mask = self._run_detector(pixel_values, prompt, labels)
+            passes.append((prompt, out, mask, labels))
             p_chunk, q_chunk = prompt.phrase_probs(out.logits)
             p = p_chunk.new_zeros(*p_chunk.shape[:2], self.num_classes)
             q = p_chunk.new_ones(*p_chunk.shape[:2], self.num_classes)
             p[..., prompt.classes], q[..., prompt.classes] = p_chunk, q_chunk
-            ps.append(p), qs.append(q), boxes.append(out.pred_boxes)
-        return torch.cat(ps, 1), torch.cat(qs, 1), torch.cat(boxes, 1)
+            ps.append(p), qs.append(q), pred_boxes.append(out.pred_boxes)
+        return torch.cat(ps, 1), torch.cat(qs, 1), torch.cat(pred_boxes, 1), passes
 
-    def _segment(self, x: torch.Tensor, boxes: torch.Tensor):
-        """SAM2 on the S x S image with normalised (cx, cy, w, h) ``boxes`` ``[B, N, 4]`` as prompts."""
-        prompts = box_convert(boxes, "cxcywh", "xyxy").clamp(0, 1) * self.image_size
-        return self.segmenter(pixel_values=squash(x, self.image_size), input_boxes=prompts.detach(),
-                              multimask_output=False)
+    def _top_k(self, p: torch.Tensor, q: torch.Tensor, boxes: torch.Tensor):
+        """The K best queries by box score: ``class_logits [B, K, C+1]``, ``scores [B, K]`` (descending), ``boxes``."""
+        class_logits, scores = class_distribution(p, q)
+        scores, top = scores.topk(self.top_k, dim=1)
+        class_logits = class_logits.gather(1, top[..., None].expand(-1, -1, class_logits.shape[-1]))
+        return class_logits, scores, boxes.gather(1, top[..., None].expand(-1, -1, 4))
+
+    def _image_embeddings(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """SAM2's image embeddings of the S x S image, made as ``Sam2Model.forward`` makes them from pixels (the
+        first two FPN levels through the mask decoder's ``conv_s0`` / ``conv_s1``, the no-memory embedding added to
+        the last, ``[B, C, S/16, S/16]``): one image-encoder pass that every box prompt's mask decoding reuses."""
+        segmenter = self.segmenter
+        maps = segmenter.get_image_features(squash(x, self.image_size), return_dict=True).fpn_hidden_states
+        maps[-1] = maps[-1] + segmenter.no_memory_embedding
+        return [m.permute(1, 2, 0).view(len(x), -1, *size) for m, size in zip(maps, segmenter.backbone_feature_sizes,
+                                                                              strict=True)]
+
+    def _decode_masks(self, embeddings: list[torch.Tensor], boxes: torch.Tensor):
+        """SAM2's mask decoder on image ``embeddings`` with normalised (cx, cy, w, h) ``boxes`` ``[B, N, 4]`` as
+        prompts, scaled per axis to the S x S image (pitfall S1), one mask per box (S3): ``pred_masks
+        [B, N, 1, S/4, S/4]``, ``iou_scores`` and ``object_score_logits`` ``[B, N, 1]``.
+
+        Each prompt is decoded on its own, so the prompts are split into chunks of ``MASK_CHUNK`` where no
+        activations are kept: without gradient (the K predicted boxes, inference), and with
+        ``model.teacher.activation_checkpointing``, where each chunk is recomputed in the backward pass
+        (``torch.utils.checkpoint``): the peak holds one chunk's activations, not every prompt's."""
+        prompts = (box_convert(boxes, "cxcywh", "xyxy").clamp(0, 1) * self.image_size).detach()
+        grad = torch.is_grad_enabled()
+        if grad and not self.activation_checkpointing:
+            return self.segmenter(image_embeddings=embeddings, input_boxes=prompts, multimask_output=False)
+        outs = [checkpoint(self.segmenter, image_embeddings=embeddings, input_boxes=chunk, multimask_output=False,
+                           use_reentrant=False) if grad else
+                self.segmenter(image_embeddings=embeddings, input_boxes=chunk, multimask_output=False)
+                for chunk in prompts.split(MASK_CHUNK, dim=1)]
+        return SimpleNamespace(**{key: torch.cat([getattr(o, key) for o in outs], 1)
+                                  for key in ("pred_masks", "iou_scores", "object_score_logits")})
 
     def masks_for_boxes(self, images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """SAM2's mask logits ``[B, N, S/4, S/4]`` (covering the image extent) for given normalised (cx, cy, w, h)
         ``boxes`` ``[B, N, 4]`` on ``images`` in ``[0, 1]``: the chain with the detector's boxes replaced
         (:func:`castlib.eval.ceiling.prompted_ceiling` prompts with the ground truth's)."""
-        return self._segment(normalize(images), boxes).pred_masks[:, :, 0]
+        return self._decode_masks(self._image_embeddings(normalize(images)), boxes).pred_masks[:, :, 0]
+
+    @staticmethod
+    def _output(class_logits: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor, masks,
+                embeddings: list[torch.Tensor]) -> SegmentationOutput:
+        return SegmentationOutput(
+            class_logits=class_logits,
+            mask_logits=masks.pred_masks[:, :, 0],
+            features=embeddings[-1],
+            extras={"boxes": boxes, "scores": scores, "iou_scores": masks.iou_scores[..., 0],
+                    "object_score_logits": masks.object_score_logits[..., 0]},
+        )
 
     def forward(self, images: torch.Tensor) -> SegmentationOutput:
         x = normalize(images)
-        p, q, boxes = self._detect(x)
-        class_logits, scores = class_distribution(p, q)
-        scores, top = scores.topk(self.top_k, dim=1)
-        class_logits = class_logits.gather(1, top[..., None].expand(-1, -1, class_logits.shape[-1]))
-        boxes = boxes.gather(1, top[..., None].expand(-1, -1, 4))
-        out = self._segment(x, boxes)
-        return SegmentationOutput(
-            class_logits=class_logits,
-            mask_logits=out.pred_masks[:, :, 0],
-            features=out.image_embeddings[-1],
-            extras={"boxes": boxes, "scores": scores, "iou_scores": out.iou_scores[..., 0],
-                    "object_score_logits": out.object_score_logits[..., 0]},
-        )
+        p, q, boxes, _ = self._detect(x)
+        class_logits, scores, boxes = self._top_k(p, q, boxes)
+        embeddings = self._image_embeddings(x)
+        return self._output(class_logits, scores, boxes, self._decode_masks(embeddings, boxes), embeddings)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """SAM2's image-encoder features ``[B, C, S/16, S/16]`` alone (what ``forward`` returns as ``features``)."""
-        maps = self.segmenter.vision_encoder(squash(normalize(images), self.image_size)).fpn_hidden_states
-        return maps[-1] + self.segmenter.no_memory_embedding.view(1, -1, 1, 1)
+        return self._image_embeddings(normalize(images))[-1]
 
     # -- pseudo-labels ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -250,47 +308,71 @@ class Teacher(SegmentationModel):
         return results
 
     # -- adaptation loss --------------------------------------------------------------------------------------
+    def training_step(self, images: torch.Tensor, targets_per_part: Sequence[list[dict[str, torch.Tensor]]],
+                      predict: bool = True) -> tuple[list[dict[str, torch.Tensor]], SegmentationOutput | None]:
+        """One adaptation step's teacher passes over the images of every part of a batch (``images`` are the parts'
+        images concatenated; ``targets_per_part``: per part, per image ``masks`` Bool[N, H, W] and ``labels``
+        Long[N]), each model run once (issue 30):
+
+        - the detector once per prompt chunk with every image's labels: its output gives the detection loss and
+          the predictions (phrase scores, boxes) whose K best become the teacher's queries;
+        - SAM2's image encoder once: its embeddings feed the mask loss prompted with the ground-truth boxes (with
+          gradient), the K predicted boxes' masks (without gradient: L_pxl's y is detached) and ``features``.
+
+        Returns per part the terms of :meth:`supervised_loss` (each part normalised on its own: L_sup and
+        L_semi), and with ``predict`` the :class:`SegmentationOutput` of :meth:`forward` with ``class_logits`` and
+        ``mask_logits`` detached and ``features`` carrying their gradient (else None)."""
+        x = normalize(images)
+        parts = [[{"masks": t["masks"][keep], "labels": t["labels"][keep]}
+                  for t in part for keep in [t["masks"].flatten(1).any(-1)]] for part in targets_per_part]
+        targets = [t for part in parts for t in part]
+        if len(targets) != len(x):
+            raise ValueError(f"{len(targets)} targets for {len(x)} images")
+        boxes = [mask_boxes(t["masks"]) for t in targets]
+        p, q, pred_boxes, passes = self._detect(x, targets, boxes)
+        embeddings = self._image_embeddings(x)
+        losses, start = [], 0
+        for part in parts:
+            rows = slice(start, start + len(part))
+            terms = {"loss_detection": sum((self.detection_loss(detector_rows(out, rows), prompt, mask[rows],
+                                                                labels[rows])
+                                            for prompt, out, mask, labels in passes), x.new_zeros(()))}
+            terms |= self._mask_loss([e[rows] for e in embeddings], part, boxes[rows])
+            w = self.loss_options
+            terms["loss"] = (terms["loss_detection"] + w.mask_bce * terms["loss_mask_bce"]
+                             + w.mask_dice * terms["loss_mask_dice"] + w.iou * terms["loss_iou"]
+                             + w.object_score * terms["loss_object"])
+            losses.append(terms)
+            start = rows.stop
+        if not predict:
+            return losses, None
+        with torch.no_grad():
+            class_logits, scores, top_boxes = self._top_k(p, q, pred_boxes)
+            masks = self._decode_masks(embeddings, top_boxes)
+        return losses, self._output(class_logits, scores, top_boxes, masks, embeddings)
+
     def supervised_loss(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """L_sup of teacher adaptation: Grounding DINO's detection loss with ground-truth boxes taken from the masks,
         plus SAM2's mask loss with those boxes as prompts (BCE and dice weighted 5 as supplementary Table 2's mask
         weight; IoU-prediction MSE and object score 1; at most ``loss.max_instances`` random instances per image).
-        ``targets``: per image ``masks`` Bool[N, H, W] and ``labels`` Long[N]. Returns the terms and ``loss``."""
-        x = normalize(images)
-        targets = [{"masks": t["masks"][keep], "labels": t["labels"][keep]}
-                   for t in targets for keep in [t["masks"].flatten(1).any(-1)]]
-        boxes = [mask_boxes(t["masks"]) for t in targets]
-        losses = {"loss_detection": self._detection_loss(x, targets, boxes)}
-        losses |= self._mask_loss(x, targets, boxes)
-        w = self.loss_options
-        losses["loss"] = (losses["loss_detection"] + w.mask_bce * losses["loss_mask_bce"]
-                          + w.mask_dice * losses["loss_mask_dice"] + w.iou * losses["loss_iou"]
-                          + w.object_score * losses["loss_object"])
-        return losses
+        ``targets``: per image ``masks`` Bool[N, H, W] and ``labels`` Long[N]. Returns the terms and ``loss``
+        (:meth:`training_step` on one part, without predictions)."""
+        return self.training_step(images, [targets], predict=False)[0][0]
 
-    def _detection_loss(self, x: torch.Tensor, targets: list[dict], boxes: list[torch.Tensor]) -> torch.Tensor:
-        pixel_values = self._detector_input(x)
-        total = x.new_zeros(())
-        for prompt in self.prompts:
-            position = torch.full((self.num_classes,), -1, dtype=torch.long, device=x.device)
-            position[prompt.classes] = torch.arange(len(prompt.classes), device=x.device)
-            labels = [{"class_labels": position[t["labels"]][position[t["labels"]] >= 0],
-                       "boxes": b[position[t["labels"]] >= 0]} for t, b in zip(targets, boxes, strict=True)]
-            out, mask = self._run_detector(pixel_values, prompt, labels)
-            total = total + self.detection_loss(out, prompt, mask, labels)
-        return total
-
-    def _mask_loss(self, x: torch.Tensor, targets: list[dict], boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _mask_loss(self, embeddings: list[torch.Tensor], targets: list[dict],
+                   boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         cap = self.loss_options.max_instances
         chosen = [torch.randperm(len(b), device=b.device)[:cap].sort().values for b in boxes]
-        count = max(len(c) for c in chosen)
+        count = max((len(c) for c in chosen), default=0)
         if count == 0:
-            zero = x.new_zeros(())
+            zero = embeddings[-1].new_zeros((), dtype=torch.float32)
             return {"loss_mask_bce": zero, "loss_mask_dice": zero, "loss_iou": zero, "loss_object": zero}
-        prompts = x.new_tensor([0.5, 0.5, 1.0, 1.0]).repeat(len(x), count, 1)  # padding: whole-image boxes
-        valid = torch.zeros(len(x), count, dtype=torch.bool, device=x.device)
+        images, device = len(embeddings[-1]), embeddings[-1].device
+        prompts = torch.tensor([0.5, 0.5, 1.0, 1.0], device=device).repeat(images, count, 1)  # padding: whole image
+        valid = torch.zeros(images, count, dtype=torch.bool, device=device)
         for i, (b, c) in enumerate(zip(boxes, chosen, strict=True)):
             prompts[i, :len(c)], valid[i, :len(c)] = b[c], True
-        out = self._segment(x, prompts)
+        out = self._decode_masks(embeddings, prompts)
         size = out.pred_masks.shape[-2:]
         gt = torch.cat([F.interpolate(t["masks"][c][None].float(), size=size, mode="bilinear", align_corners=False,
                                       antialias=True)[0] > 0.5
