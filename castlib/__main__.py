@@ -29,10 +29,11 @@ def config_from_args(args: argparse.Namespace):
     """The config of ``--profile`` with ``--set`` overrides; ``--dataset``, ``--device`` and ``--data-root`` are
     taken verbatim (a root named ``null`` or holding ``#`` is that folder). A command of :data:`DATA_COMMANDS`
     on real data without a root stops here (naming data.root); a paper profile on the synthetic set prints a
-    warning line."""
-    from castlib.config import load_config, parse_override
-    from castlib.data.loaders import check_data_source, synthetic_warning
+    warning line. Made once per parsed command line (:func:`main` makes it before the command imports torch)."""
+    from castlib.config import check_data_source, load_config, parse_override
 
+    if getattr(args, "_config", None) is not None:
+        return args._config
     overrides = dict(map(parse_override, args.overrides))
     if args.dataset:
         overrides["data.dataset"] = args.dataset
@@ -43,9 +44,13 @@ def config_from_args(args: argparse.Namespace):
     cfg = load_config(args.profile, overrides)
     if getattr(args, "command", None) in DATA_COMMANDS:
         check_data_source(cfg)
-    warning = synthetic_warning(cfg)
-    if warning:
-        print(warning, file=sys.stderr)
+    if cfg.data.source == "synthetic":  # loaders import torch: only then
+        from castlib.data.loaders import synthetic_warning
+
+        warning = synthetic_warning(cfg)
+        if warning:
+            print(warning, file=sys.stderr)
+    args._config = cfg
     return cfg
 
 
@@ -394,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Ctrl-C in one line saying the run can be resumed (exit 130)."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command in DATA_COMMANDS:  # a missing data root stops the command in about a second
+            config_from_args(args)
         status = args.func(args)
     except CastError as e:
         print(f"error: {e}", file=sys.stderr)

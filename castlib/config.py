@@ -36,6 +36,7 @@ OVERRIDE_SOURCE = Path("<override>")
 # Profiles that reproduce the paper: device auto means cuda (no CUDA is an error, not the CPU), and synthetic data
 # runs only when asked for by name (data.source=synthetic), with a warning.
 PAPER_PROFILES = ("paper",)
+README_DATA_SECTION = "On a GPU box"  # the README section on getting the real datasets and weights
 
 # Enums: the values a key admits (the code's own lists are checked against these by the tests).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -312,6 +313,24 @@ def _data_source(cfg: dict, layers: Iterable[Mapping]) -> None:
         data["root"] = None
     elif data["root"] is not None:
         data["root"] = str(repo_path(str(data["root"])).resolve())
+
+
+class MissingDataRoot(ConfigError):
+    """``data.source`` is real and ``data.root`` is not set."""
+
+    def __init__(self, cfg: Mapping):
+        super().__init__(None, "data.root", (
+            f"profile {cfg['profile']} reads the real {cfg['data']['dataset']} dataset (data.source: real) and no "
+            f"root is set: pass --data-root DIR or set data.root to the dataset's root (README "
+            f"'{README_DATA_SECTION}' says how to get Cityscapes and ADE20K); to run on the synthetic set on purpose, "
+            "--set data.source=synthetic"))
+
+
+def check_data_source(cfg: Mapping) -> None:
+    """Raise :class:`MissingDataRoot` when the config reads real data and names no root (no torch imported: the
+    command line calls it before anything heavy)."""
+    if cfg["data"]["source"] == "real" and cfg["data"]["root"] is None:
+        raise MissingDataRoot(cfg)
 
 
 def load_config(

@@ -102,11 +102,9 @@ def device(cfg: Config) -> Iterator[Finding]:
 
 def dataset(cfg: Config) -> Iterator[Finding]:
     """The dataset root: format, image counts and problems (headers: formats, sizes, missing files)."""
+    from castlib.config import README_DATA_SECTION, MissingDataRoot, check_data_source
     from castlib.data.loaders import (
-        README_DATA_SECTION,
-        MissingDataRoot,
         build_dataset,
-        check_data_source,
         dataset_problems,
         dataset_root,
         is_synthetic,

@@ -2,7 +2,7 @@
 set, generated on first use), its checks, its split files, labelled and unlabelled loaders.
 
 ``data.source`` says which: ``synthetic`` or ``real`` (:mod:`castlib.config` settles it; a root given means real).
-A real source without ``data.root`` is one :class:`MissingDataRoot` error, never a quiet synthetic set;
+A real source without ``data.root`` is one :class:`~castlib.config.MissingDataRoot` error, never a quiet synthetic set;
 :func:`describe_data` and :func:`data_record` say which data a run, table or figure comes from.
 
 :func:`check_dataset` reads every image and annotation a run will use and reports all problems at
@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from castlib.config import PAPER_PROFILES, Config, repo_path
+from castlib.config import PAPER_PROFILES, Config, check_data_source, repo_path
 from castlib.data import splits as S
 from castlib.data.datasets import DATASETS, InstanceDataset
 from castlib.data.sample import InstanceSample, collate
@@ -29,20 +29,6 @@ from castlib.data.transforms import EvalView, train_views
 from castlib.errors import ConfigError, DataError
 
 _IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
-
-
-# The README section on getting the real datasets (and the weights), named by the errors that send users there.
-README_DATA_SECTION = "On a GPU box"
-
-
-class MissingDataRoot(ConfigError):
-    """``data.source`` is real and ``data.root`` is not set."""
-
-    def __init__(self, cfg: Config):
-        super().__init__(None, "data.root", (
-            f"profile {cfg.profile} reads the real {cfg.data.dataset} dataset (data.source: real) and no root is "
-            f"set: pass --data-root DIR or set data.root to the dataset's root (README '{README_DATA_SECTION}' says "
-            "how to get Cityscapes and ADE20K); to run on the synthetic set on purpose, --set data.source=synthetic"))
 
 
 def _dataset(cfg: Config) -> str:
@@ -54,12 +40,6 @@ def _dataset(cfg: Config) -> str:
 
 def is_synthetic(cfg: Config) -> bool:
     return cfg.data.source == "synthetic"
-
-
-def check_data_source(cfg: Config) -> None:
-    """Raise :class:`MissingDataRoot` when the config reads real data and names no root."""
-    if not is_synthetic(cfg) and cfg.data.root is None:
-        raise MissingDataRoot(cfg)
 
 
 def synthetic_spec(cfg: Config) -> SyntheticSpec:

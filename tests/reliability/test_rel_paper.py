@@ -175,3 +175,14 @@ def test_cuda_without_cuda_is_an_error_and_auto_is_the_cpu_only_where_allowed(mo
     with pytest.raises(DeviceError, match="config key device asks for cuda.*--device cpu"):
         resolve_device("cuda")
     assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+
+
+def test_the_missing_root_error_comes_before_torch_is_imported(workspace):
+    """`make reproduce PROFILE=paper` without a root stops in about a second: its first command imports no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from castlib.__main__ import main; status = main(['prepare', '--profile', 'paper', '--set', "
+            f"'runs_dir={workspace}']); assert status == 2 and 'torch' not in sys.modules, sorted(sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "error: key 'data.root'" in done.stderr, done.stderr[-2000:]
