@@ -9,27 +9,49 @@ from pathlib import Path
 
 from castlib.errors import CastError
 
+# Commands that read the dataset: a real source without a root stops them before anything else (a plan needs no
+# data, and doctor reports it among its findings).
+DATA_COMMANDS = ("split", "prepare", "train", "table", "ceiling", "pseudo-quality")
+DEVICE_HELP = "overrides device: auto | cpu | cuda (on paper no CUDA is an error; --device cpu: the CPU on purpose)"
+
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--profile``, ``--dataset``, ``--data-root`` and repeated ``--set key=value``."""
+    """``--profile``, ``--dataset``, ``--data-root``, ``--device`` and repeated ``--set key=value``."""
     parser.add_argument("--profile", "--config", "-p", default="smoke", help="smoke | mini | paper, or a YAML file")
     parser.add_argument("--dataset", choices=["cityscapes", "ade20k"], help="overrides data.dataset")
-    parser.add_argument("--data-root", help="a real dataset root (overrides data.root)")
+    parser.add_argument("--data-root", help="a real dataset root (overrides data.root; implies data.source=real)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set train.teacher.lr=1e-4 (repeatable)")
 
 
 def config_from_args(args: argparse.Namespace):
-    """The config of ``--profile`` with ``--set`` overrides; ``--dataset`` and ``--data-root`` are taken
-    verbatim (a root named ``null`` or holding ``#`` is that folder)."""
-    from castlib.config import load_config, parse_override
+    """The config of ``--profile`` with ``--set`` overrides; ``--dataset``, ``--device`` and ``--data-root`` are
+    taken verbatim (a root named ``null`` or holding ``#`` is that folder). A command of :data:`DATA_COMMANDS`
+    on real data without a root stops here (naming data.root); a paper profile on the synthetic set prints a
+    warning line. Made once per parsed command line (:func:`main` makes it before the command imports torch)."""
+    from castlib.config import check_data_source, load_config, parse_override
 
+    if getattr(args, "_config", None) is not None:
+        return args._config
     overrides = dict(map(parse_override, args.overrides))
     if args.dataset:
         overrides["data.dataset"] = args.dataset
     if args.data_root:
         overrides["data.root"] = args.data_root
-    return load_config(args.profile, overrides)
+    if args.device:
+        overrides["device"] = args.device
+    cfg = load_config(args.profile, overrides)
+    if getattr(args, "command", None) in DATA_COMMANDS:
+        check_data_source(cfg)
+    if cfg.data.source == "synthetic":  # loaders import torch: only then
+        from castlib.data.loaders import synthetic_warning
+
+        warning = synthetic_warning(cfg)
+        if warning:
+            print(warning, file=sys.stderr)
+    args._config = cfg
+    return cfg
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -172,10 +194,13 @@ def cmd_plan(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from castlib.config import load_config
     from castlib.engine.runs import open_run
-    from castlib.engine.stages import evaluate_run
+    from castlib.engine.stages import evaluate_run, run_config
 
     run = open_run(load_config(args.profile, [f"runs_dir={args.runs_dir}"] if args.runs_dir else []), args.run)
-    metrics = evaluate_run(run)
+    cfg = run_config(run)
+    if args.device:
+        cfg.device = args.device
+    metrics = evaluate_run(run, cfg)
     print(f"run {run.id}: AP {metrics['ap']:.2f} AP50 {metrics['ap50']:.2f} ({metrics['table_metric']}) "
           f"-> {run.dir / 'metrics.json'}")
 
@@ -257,7 +282,7 @@ def prompted_table(cfg, run_ids: list[str]):
 def cmd_doctor(args: argparse.Namespace) -> int:
     from castlib.doctor import diagnose, report
 
-    findings = diagnose(config_from_args(args))
+    findings = diagnose(config_from_args(args), args.tables)
     print(report(findings))
     return 1 if any(f.problem for f in findings) else 0
 
@@ -322,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run id (a folder under results/runs)")
     p.add_argument("--profile", "-p", default="smoke", help="only used to find runs_dir")
     p.add_argument("--runs-dir", help="where the runs are (default: the profile's runs_dir)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("efficiency", help="teacher vs student params, FLOPs, latency, FPS, memory (Fig. 2)")
@@ -358,9 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the supplementary tables the notebooks build (default: 3 ... 8)")
     p.set_defaults(func=cmd_notebooks)
 
-    p = sub.add_parser("doctor", help="check versions, CUDA, the dataset, split files, weights and disk; "
-                                      "says what is wrong and how to fix it (exit 1 when something is)")
+    p = sub.add_parser("doctor", help="check versions, the device, the dataset, split files, weights and disk of "
+                                      "the tables asked for; says what is wrong and how to fix it (exit 1 when "
+                                      "something is)")
     add_config_arguments(p)
+    p.add_argument("--tables", type=int, nargs="+", choices=range(3, 9), metavar="N",
+                   help="the supplementary tables whose weights and disk to check (default: 3-8, 3-7 on ADE20K)")
     p.set_defaults(func=cmd_doctor)
     return parser
 
@@ -370,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Ctrl-C in one line saying the run can be resumed (exit 130)."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command in DATA_COMMANDS:  # a missing data root stops the command in about a second
+            config_from_args(args)
         status = args.func(args)
     except CastError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -33,11 +33,16 @@ CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
 PROFILES = ("smoke", "mini", "paper")
 OVERRIDE_SOURCE = Path("<override>")
+# Profiles that reproduce the paper: device auto means cuda (no CUDA is an error, not the CPU), and synthetic data
+# runs only when asked for by name (data.source=synthetic), with a warning.
+PAPER_PROFILES = ("paper",)
+README_DATA_SECTION = "On a GPU box"  # the README section on getting the real datasets and weights
 
 # Enums: the values a key admits (the code's own lists are checked against these by the tests).
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "data.dataset": ("cityscapes", "ade20k"),
+    "data.source": ("synthetic", "real"),
     "train.teacher.schedule": ("multistep", "poly", "constant"),
     "train.student.schedule": ("multistep", "poly", "constant"),
     "loss.contrastive.impl": ("fast", "reference"),
@@ -268,20 +273,82 @@ def profile_path(profile: str | Path) -> Path:
     return CONFIG_DIR / f"{profile}.yaml"
 
 
+def repo_path(path: str | Path) -> Path:
+    """A config path: absolute as given, relative ones from the repository root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _deep_update(target: dict, update: Mapping) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _layer_value(layer: Mapping, dotted: str) -> tuple[bool, Any]:
+    """(whether ``layer`` sets ``dotted``, its value)."""
+    node: Any = layer
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _data_source(cfg: dict, layers: Iterable[Mapping]) -> None:
+    """Settle ``data.source`` and ``data.root`` in place. Layers in order of precedence (profile file, its
+    ``per_dataset`` section, the overrides): a layer that sets a root makes the source ``real`` unless it sets
+    ``data.source`` itself, which wins. A synthetic source reads no root (null); a real root is resolved
+    (relative ones from the repository root, no trailing slash), so one folder is one run id."""
+    source = cfg["data"]["source"]
+    for layer in layers:
+        has_root, root = _layer_value(layer, "data.root")
+        has_source, value = _layer_value(layer, "data.source")
+        source = value if has_source else "real" if has_root and root is not None else source
+    data = cfg["data"]
+    data["source"] = source
+    if source == "synthetic":
+        data["root"] = None
+    elif data["root"] is not None:
+        data["root"] = str(repo_path(str(data["root"])).resolve())
+
+
+class MissingDataRoot(ConfigError):
+    """``data.source`` is real and ``data.root`` is not set."""
+
+    def __init__(self, cfg: Mapping):
+        super().__init__(None, "data.root", (
+            f"profile {cfg['profile']} reads the real {cfg['data']['dataset']} dataset (data.source: real) and no "
+            f"root is set: pass --data-root DIR or set data.root to the dataset's root (README "
+            f"'{README_DATA_SECTION}' says how to get Cityscapes and ADE20K); to run on the synthetic set on purpose, "
+            "--set data.source=synthetic"))
+
+
+def check_data_source(cfg: Mapping) -> None:
+    """Raise :class:`MissingDataRoot` when the config reads real data and names no root (no torch imported: the
+    command line calls it before anything heavy)."""
+    if cfg["data"]["source"] == "real" and cfg["data"]["root"] is None:
+        raise MissingDataRoot(cfg)
+
+
 def load_config(
     profile: str | Path = "smoke",
     overrides: Mapping[str, Any] | Iterable[str] = (),
 ) -> Config:
     """Defaults, the profile file, its ``per_dataset`` section for the chosen dataset, then
-    overrides (``{"a.b": v}`` or ``["a.b=v"]``), which always win."""
+    overrides (``{"a.b": v}`` or ``["a.b=v"]``), which always win. Then the data source (:func:`_data_source`)
+    and, on :data:`PAPER_PROFILES`, device auto as cuda."""
     defaults = read_yaml(DEFAULTS_FILE)
     path = profile_path(profile)
-    cfg = merge(defaults, read_yaml(path), path)
+    profile_file = read_yaml(path)
+    cfg = merge(defaults, profile_file, path)
     items = list(overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides))
     nested = [_nest(key, value) for key, value in items]
     for override in nested:
         cfg = merge(cfg, override, OVERRIDE_SOURCE)
-    chosen = None
+    chosen, chosen_section = None, {}
     datasets = CHOICES["data.dataset"]
     for dataset, section in cfg["per_dataset"].items():  # validate every section, apply the chosen one
         if dataset not in datasets:
@@ -291,12 +358,18 @@ def load_config(
         merged = merge(cfg, section, path, prefix=f"per_dataset.{dataset}.")
         _check_section(merged, section, path, f"per_dataset.{dataset}.")
         if dataset == cfg["data"]["dataset"]:
-            chosen = merged
+            chosen, chosen_section = merged, section
     if chosen is not None:
         cfg = chosen
         for override in nested:
             cfg = merge(cfg, override, OVERRIDE_SOURCE)
     overridden = [key for key, _ in items]
+    overrides_layer: dict = {}
+    for override in nested:
+        _deep_update(overrides_layer, override)
+    _data_source(cfg, [profile_file, chosen_section, overrides_layer])
+    if cfg["device"] == "auto" and cfg["profile"] in PAPER_PROFILES:
+        cfg["device"] = "cuda"
     try:
         check_ranges(cfg, path)
     except ConfigError as e:

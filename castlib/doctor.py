@@ -1,23 +1,61 @@
 """``python -m castlib doctor``: what this machine and this profile's inputs look like, what is wrong and how
-to fix it. Each check yields :class:`Finding` lines; the command exits non-zero when any is a problem."""
+to fix it. Each check yields :class:`Finding` lines; the command exits non-zero when any is a problem.
+
+Checked: library versions, the device (:func:`device`, with the NVIDIA driver the installed torch needs:
+:data:`CUDA_DRIVERS`), the dataset and split files, every pretrained weight the asked tables need, found in the
+local caches without network (:func:`needed_weights`, :func:`weight_status`), and free disk (:func:`disk_need_gib`)."""
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from castlib.config import Config
-from castlib.errors import CastError
+from castlib.config import PAPER_PROFILES, Config
+from castlib.errors import CastError, DeviceError
 
 PACKAGES = ("torch", "torchvision", "transformers", "pycocotools", "cityscapesscripts")
 # Rough floors of free disk under runs_dir per profile: smoke and mini keep a few MB to GB of tiny
 # checkpoints; a paper run keeps Swin-L / Hiera-L / DINOv2 checkpoints with optimiser state per stage.
 MIN_FREE_GIB = {"smoke": 1.0, "mini": 5.0, "paper": 100.0}
+TABLES = (3, 4, 5, 6, 7, 8)  # the supplementary tables the kit builds; Table 8 is Cityscapes-only
+
+# The Linux x86_64 NVIDIA driver each CUDA toolkit release ships with and needs, by (major, minor): NVIDIA CUDA
+# Toolkit Release Notes, table "CUDA Toolkit and Corresponding Driver Versions" (the GA release of each toolkit;
+# https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/). A torch wheel built for CUDA X.Y needs that driver.
+CUDA_DRIVERS = {
+    (11, 8): "520.61.05", (12, 0): "525.60.13", (12, 1): "530.30.02", (12, 2): "535.54.03", (12, 3): "545.23.06",
+    (12, 4): "550.54.14", (12, 5): "555.42.02", (12, 6): "560.28.03", (12, 8): "570.26", (12, 9): "575.51.03",
+    (13, 0): "580.65.06",
+}
+CPU_ON_PURPOSE = "pass --device cpu (or --set device=cpu) to run on the CPU on purpose"
+
+
+def driver_needed(cuda: str | None = None) -> str:
+    """What the installed torch needs of the machine: the NVIDIA driver of its CUDA version (:data:`CUDA_DRIVERS`),
+    or a CUDA build when it is a CPU-only one. ``cuda``: a CUDA version as ``torch.version.cuda`` gives it."""
+    cuda = torch.version.cuda if cuda is None else cuda
+    if not cuda:
+        return (f"torch {torch.__version__} is a CPU-only build: install a CUDA build of torch (README 'On a GPU "
+                "box')")
+    major, minor = (int(part) for part in cuda.split(".")[:2])
+    driver = CUDA_DRIVERS.get((major, minor))
+    if driver is None:
+        return (f"torch {torch.__version__} is built for CUDA {cuda}: its NVIDIA driver is in NVIDIA's CUDA Toolkit "
+                "release notes ('CUDA Toolkit and Corresponding Driver Versions')")
+    return f"torch {torch.__version__} is built for CUDA {cuda}, which needs an NVIDIA driver >= {driver} on Linux"
+
+
+def no_cuda_message() -> str:
+    """The error of ``device: cuda`` (the paper profile's device, auto included) on a machine without CUDA."""
+    return (f"config key device asks for cuda (on the paper profile, auto does too) but torch finds no CUDA device; "
+            f"{driver_needed()}; `nvidia-smi` shows the driver and the GPUs. Or {CPU_ON_PURPOSE} (a paper-size "
+            "training step takes minutes there)")
 
 
 @dataclass(frozen=True)
@@ -41,11 +79,30 @@ def environment() -> Iterator[Finding]:
         yield Finding("cuda", f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}, CUDA "
                               f"{torch.version.cuda}, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
     else:
-        yield Finding("cuda", "no CUDA device: runs use the CPU (device=auto); bf16 autocast on CPU only")
+        yield Finding("cuda", f"no CUDA device ({driver_needed()})")
+
+
+def device(cfg: Config) -> Iterator[Finding]:
+    """The device runs will use: ``cuda`` (the paper profile's, auto included) without CUDA is a problem."""
+    from castlib.engine.distributed import resolve_device
+
+    try:
+        chosen = resolve_device(cfg.device)
+    except DeviceError:
+        yield Finding("device", f"device {cfg.device}: torch finds no CUDA device", True,
+                      f"{driver_needed()}; check `nvidia-smi`. Or {CPU_ON_PURPOSE}")
+        return
+    note = ""
+    if chosen.type == "cpu" and cfg.profile in PAPER_PROFILES:
+        note = " (asked for: a paper-size training step takes minutes on the CPU)"
+    elif cfg.device == "auto":
+        note = " (device auto)"
+    yield Finding("device", f"device {cfg.device}: runs use {chosen}{note}")
 
 
 def dataset(cfg: Config) -> Iterator[Finding]:
     """The dataset root: format, image counts and problems (headers: formats, sizes, missing files)."""
+    from castlib.config import README_DATA_SECTION, MissingDataRoot, check_data_source
     from castlib.data.loaders import (
         build_dataset,
         dataset_problems,
@@ -53,15 +110,27 @@ def dataset(cfg: Config) -> Iterator[Finding]:
         is_synthetic,
         read_split_ids,
         split_files,
+        synthetic_warning,
     )
 
+    try:
+        check_data_source(cfg)
+    except MissingDataRoot:
+        yield Finding("data", f"data.root is not set: profile {cfg.profile} reads the real {cfg.data.dataset} dataset "
+                              "(data.source: real)", True,
+                      f"pass --data-root DIR (or set data.root) to the dataset's root; README '{README_DATA_SECTION}' "
+                      "says how to get it")
+        return
     root = dataset_root(cfg)
     kind = "synthetic set" if is_synthetic(cfg) else "dataset"
     if not root.is_dir():
         fix = (f"python -m castlib prepare --profile {cfg.profile} --dataset {cfg.data.dataset}" if is_synthetic(cfg)
-               else "pass --data-root DIR (or set data.root) to the dataset's root; see README 'Real datasets'")
+               else f"pass --data-root DIR (or set data.root) to the dataset's root; README '{README_DATA_SECTION}'")
         yield Finding("data", f"{cfg.data.dataset} {kind} {root} does not exist", True, fix)
         return
+    warning = synthetic_warning(cfg)
+    if warning:
+        yield Finding("data", warning.removeprefix("warning: "))
     problems = dataset_problems(cfg, decode=False)
     if problems:
         for line in problems[:20]:
@@ -85,48 +154,98 @@ def dataset(cfg: Config) -> Iterator[Finding]:
                       "python -m castlib prepare --force" if problem else "")
 
 
-def _weights(cfg: Config) -> list[tuple[str, str]]:
-    """(config key, hub id) of every Hugging Face model the profile loads (a ResNet's come from torchvision)."""
-    backbone = cfg.model.student_backbone
-    names = [("model.teacher.detector.weights", cfg.model.teacher.detector.weights),
-             ("model.teacher.segmenter.weights", cfg.model.teacher.segmenter.weights)]
-    if cfg.model.backbones[backbone].kind == "dinov2":
-        names.insert(0, (f"model.backbones.{backbone}.weights", cfg.model.backbones[backbone].weights))
-    return names
+def needed_weights(cfg: Config, tables: Sequence[int] = TABLES) -> dict[str, list[int]]:
+    """The config keys of the pretrained weights ``tables`` need, each with the tables that need it: every table
+    trains the CAST teacher (detector, segmenter) and student (``model.student_backbone``); Table 8 also Guided
+    Distillation on each of its backbones (ResNet-50, DINOv2-B, DINOv2-L)."""
+    from castlib.report.ablations import GD_BACKBONES
+
+    keys: dict[str, list[int]] = {}
+    for number in tables:
+        backbones = [cfg.model.student_backbone, *(GD_BACKBONES if number == 8 else ())]
+        for key in ("model.teacher.detector.weights", "model.teacher.segmenter.weights",
+                    *(f"model.backbones.{b}.weights" for b in backbones)):
+            keys.setdefault(key, []).append(number)
+    return keys
 
 
-def weights(cfg: Config) -> Iterator[Finding]:
-    """Whether the pretrained weights the profile loads are in the local Hugging Face cache."""
+def _torchvision_weights(name: str):
+    from torchvision.models import ResNet50_Weights
+
+    return ResNet50_Weights[name] if name in ResNet50_Weights.__members__ else None
+
+
+def weight_status(key: str, source: str) -> tuple[bool, str, str]:
+    """(found, where or why not, the command that gets them) of the weights ``source`` named by config key ``key``,
+    looked up in the local caches only (no network): a local folder or file as given; a torchvision weights name
+    under ``$TORCH_HOME/hub/checkpoints``; a Hugging Face hub id in the hub cache, with its config and weight files."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return True, f"local {'folder' if path.is_dir() else 'file'} {path}", ""
+    tv = _torchvision_weights(source)
+    if tv is not None:
+        file = Path(torch.hub.get_dir()) / "checkpoints" / Path(tv.url).name
+        fetch = (f'python -c "import torchvision; torchvision.models.ResNet50_Weights.{source}.get_state_dict()" '
+                 f"(or download {tv.url} into {file.parent}); set TORCH_HOME to keep it elsewhere "
+                 f"(now {os.environ.get('TORCH_HOME', 'unset')})")
+        if file.is_file():
+            return True, f"torchvision {source} in {file}", ""
+        return False, f"torchvision ResNet50_Weights.{source} is not in {file.parent}", fetch
+    if path.suffix in (".pt", ".pth") or path.is_absolute():
+        return False, f"{path} does not exist", f"copy the weights to {path} or set {key} to where they are"
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    fetch = f"hf download {source}   (on a machine with internet access; or set {key} to a local copy)"
+    try:
+        folder = Path(snapshot_download(source, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return False, f"{source} is not in the local cache", fetch
+    weights = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not (folder / "config.json").is_file() or not weights:
+        return False, f"{source} is in the local cache without its config or weight files ({folder})", fetch
+    return True, f"{source} is in the local cache", ""
+
+
+def weights(cfg: Config, tables: Sequence[int] = TABLES) -> Iterator[Finding]:
+    """Whether every pretrained weight the ``tables`` need (:func:`needed_weights`) is in the local caches."""
     if not cfg.model.pretrained:
         yield Finding("weights", f"profile {cfg.profile}: model.pretrained=false, no pretrained weights needed")
         return
-    from huggingface_hub import try_to_load_from_cache
-
-    for key, source in _weights(cfg):
-        if Path(source).is_dir():
-            yield Finding("weights", f"{key}: local folder {source}")
-        elif isinstance(try_to_load_from_cache(source, "config.json"), str):
-            yield Finding("weights", f"{key}: {source} is in the local cache")
-        else:
-            yield Finding("weights", f"{key}: {source} is not in the local cache", True,
-                          f"hf download {source}   (on a machine with internet access; or set {key} to a local copy)")
+    for key, numbers in needed_weights(cfg, tables).items():
+        found, text, fix = weight_status(key, cfg.get_path(key))
+        needed = f" (Table{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))})"
+        yield Finding("weights", f"{key}: {text}{needed}", not found, fix)
 
 
-def disk(cfg: Config) -> Iterator[Finding]:
-    """Free disk where the runs are written."""
+def disk_need_gib(cfg: Config, tables: Sequence[int] = TABLES) -> float:
+    """GiB of free disk under runs_dir that the ``tables`` need: today the profile's floor (:data:`MIN_FREE_GIB`),
+    to be replaced by the plan's disk estimate of those tables (castlib.engine.plan)."""
+    return MIN_FREE_GIB.get(cfg.profile, MIN_FREE_GIB["paper"])
+
+
+def disk(cfg: Config, tables: Sequence[int] = TABLES) -> Iterator[Finding]:
+    """Free disk where the runs are written, against :func:`disk_need_gib`."""
     from castlib.engine.runs import runs_dir
 
     folder = runs_dir(cfg)
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     free = shutil.disk_usage(existing).free / 2**30
-    need = MIN_FREE_GIB.get(cfg.profile, MIN_FREE_GIB["paper"])
-    yield Finding("disk", f"{free:.1f} GiB free under {existing} (runs_dir {folder}; profile {cfg.profile} wants "
-                          f">= {need:g} GiB)", free < need, "free some space or set runs_dir to a larger disk")
+    need = disk_need_gib(cfg, tables)
+    yield Finding("disk", f"{free:.1f} GiB free under {existing} (runs_dir {folder}; profile {cfg.profile}, tables "
+                          f"{' '.join(map(str, tables))} want >= {need:g} GiB)", free < need,
+                  "free some space or set runs_dir to a larger disk")
 
 
-def diagnose(cfg: Config) -> list[Finding]:
-    """Every check, in the order they are printed."""
-    return [*environment(), *dataset(cfg), *weights(cfg), *disk(cfg)]
+def default_tables(cfg: Config) -> list[int]:
+    """Tables 3-8 (3-7 on ADE20K: Table 8 varies the Cityscapes label fraction)."""
+    return [n for n in TABLES if n != 8 or cfg.data.dataset == "cityscapes"]
+
+
+def diagnose(cfg: Config, tables: Sequence[int] | None = None) -> list[Finding]:
+    """Every check, in the order they are printed, for ``tables`` (default :func:`default_tables`)."""
+    tables = default_tables(cfg) if tables is None else list(tables)
+    return [*environment(), *device(cfg), *dataset(cfg), *weights(cfg, tables), *disk(cfg, tables)]
 
 
 def report(findings: list[Finding]) -> str:

@@ -46,3 +46,8 @@ class FileAccessError(CastError, OSError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class DeviceError(CastError, RuntimeError):
+    """The config asks for a device this machine lacks (``device: cuda`` without CUDA). The message says what
+    the installed torch needs and how to run on the CPU on purpose."""

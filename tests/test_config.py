@@ -1,6 +1,6 @@
 import pytest
 
-from castlib.config import PROFILES, load_config
+from castlib.config import PROFILES, REPO_ROOT, load_config
 from castlib.errors import ConfigError
 
 
@@ -116,3 +116,28 @@ def test_a_stage_override_of_the_memory_bank_is_honoured_and_an_unknown_one_is_n
     assert _contrastive_section(cfg, "teacher_finetune", cfg.train.teacher)["bank_size"] == 10_000
     with pytest.raises(ConfigError, match="train.teacher.contrastive.bank_sise.*unknown key"):
         load_config("smoke", ["train.teacher.contrastive.bank_sise=300"])
+
+
+def test_the_data_source_is_named_and_a_root_means_real_unless_the_source_is_named(tmp_path):
+    """data.source (issue 30): synthetic on smoke and mini, real on paper; a root given where the source is not
+    named in the same place means real; a named source wins; synthetic reads no root; roots are resolved."""
+    assert [(load_config(p).data.source, load_config(p).data.root) for p in PROFILES] == [
+        ("synthetic", None), ("synthetic", None), ("real", None)]
+    assert load_config("smoke", [f"data.root={tmp_path}/"]).data.source == "real"
+    assert load_config("smoke", [f"data.root={tmp_path}/"]).data.root == str(tmp_path.resolve())
+    named = load_config("paper", [f"data.root={tmp_path}", "data.source=synthetic"])
+    assert (named.data.source, named.data.root) == ("synthetic", None)
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(f"per_dataset:\n  ade20k:\n    data: {{root: {tmp_path}}}\n")
+    assert load_config(profile).data.source == "synthetic"  # the section of another dataset
+    assert load_config(profile, ["data.dataset=ade20k"]).data.source == "real"
+    assert load_config(profile, ["data.dataset=ade20k", "data.source=synthetic"]).data.source == "synthetic"
+    assert load_config("smoke", ["data.root=relative/root"]).data.root == str(REPO_ROOT / "relative" / "root")
+    with pytest.raises(ConfigError, match="data.source.*'mixed' is not one of synthetic, real"):
+        load_config("smoke", ["data.source=mixed"])
+
+
+def test_device_auto_means_cuda_on_paper_only():
+    assert load_config("paper").device == "cuda" and load_config("paper", ["device=auto"]).device == "cuda"
+    assert load_config("paper", ["device=cpu"]).device == "cpu"
+    assert load_config("smoke").device == "auto" and load_config("mini").device == "auto"

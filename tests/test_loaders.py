@@ -54,3 +54,15 @@ def test_pseudo_labels_in_the_dataset_format_are_read_from_another_root(smoke_co
     ds = unlabelled_dataset(cfg, annotation_root=pseudo)
     assert ds.image_ids == read_split_ids(cfg, "unlabelled")
     assert sum(len(ds[i].labels) for i in range(4)) > 0
+
+
+def test_describe_data_says_synthetic_or_names_the_real_root(cityscapes_root):
+    from castlib.config import load_config
+    from castlib.data.loaders import describe_data
+
+    assert describe_data(load_config("smoke")) == ("synthetic set cityscapes-synthetic-smoke (40 train / 10 val "
+                                                   "images, 128x256)")
+    assert describe_data(load_config("mini", ["data.dataset=ade20k"])) == (
+        "synthetic set ade20k-synthetic-mini (300 train / 60 val images, shorter side 128)")
+    real = load_config("paper", [f"data.root={cityscapes_root}"])
+    assert describe_data(real) == f"real cityscapes at {cityscapes_root}"

@@ -57,8 +57,9 @@ def test_pretrained_student_offline_fails_fast_saying_which_weights_and_what_to_
     assert time.perf_counter() - start < 10
     message = str(error.value)
     for part in ("facebook/dinov2-small", "model.backbones.dinov2_s.weights", "hf download", "smoke or mini profile",
-                 "model.pretrained=false"):
+                 "castlib doctor --profile paper"):
         assert part in message
+    assert "model.pretrained=false" not in message  # on paper it would quietly build a smoke-size model
 
 
 def test_pretrained_follows_the_config_unless_told(cfg):

@@ -1,6 +1,10 @@
 """From a config to datasets and DataLoaders: the dataset root (real, or the profile's synthetic
 set, generated on first use), its checks, its split files, labelled and unlabelled loaders.
 
+``data.source`` says which: ``synthetic`` or ``real`` (:mod:`castlib.config` settles it; a root given means real).
+A real source without ``data.root`` is one :class:`~castlib.config.MissingDataRoot` error, never a quiet synthetic set;
+:func:`describe_data` and :func:`data_record` say which data a run, table or figure comes from.
+
 :func:`check_dataset` reads every image and annotation a run will use and reports all problems at
 once; :func:`data_digest` and :func:`split_digest` enter run ids, so a changed input is a new run."""
 
@@ -16,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from castlib.config import REPO_ROOT, Config
+from castlib.config import PAPER_PROFILES, Config, check_data_source, repo_path
 from castlib.data import splits as S
 from castlib.data.datasets import DATASETS, InstanceDataset
 from castlib.data.sample import InstanceSample, collate
@@ -27,12 +31,6 @@ from castlib.errors import ConfigError, DataError
 _IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
-def repo_path(path: str | Path) -> Path:
-    """A config path: absolute as given, relative ones from the repository root."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def _dataset(cfg: Config) -> str:
     dataset = cfg.data.dataset
     if dataset not in DATASETS:
@@ -41,7 +39,7 @@ def _dataset(cfg: Config) -> str:
 
 
 def is_synthetic(cfg: Config) -> bool:
-    return cfg.data.root is None
+    return cfg.data.source == "synthetic"
 
 
 def synthetic_spec(cfg: Config) -> SyntheticSpec:
@@ -62,7 +60,37 @@ def dataset_name(cfg: Config) -> str:
 def dataset_root(cfg: Config) -> Path:
     if is_synthetic(cfg):
         return repo_path(cfg.data.data_dir) / "synthetic" / dataset_name(cfg)
+    check_data_source(cfg)
     return repo_path(cfg.data.root)
+
+
+def synthetic_warning(cfg: Config) -> str | None:
+    """The warning line for a paper profile on the synthetic set (asked for by name), else None."""
+    if cfg.profile in PAPER_PROFILES and is_synthetic(cfg):
+        return (f"warning: data.source=synthetic: profile {cfg.profile} runs on the {describe_data(cfg)}, not the "
+                "paper's data; every run records it in run.json")
+    return None
+
+
+def data_record(cfg: Config) -> dict:
+    """What a run's ``run.json`` records of its data: the source, and the synthetic set's name, image size and
+    image counts, or the real root."""
+    if not is_synthetic(cfg):
+        return {"source": "real", "dataset": _dataset(cfg), "root": str(dataset_root(cfg))}
+    spec = synthetic_spec(cfg)
+    size = f"{spec.height}x{spec.width}" if spec.format == "cityscapes" else f"shorter side {spec.height}"
+    return {"source": "synthetic", "dataset": _dataset(cfg), "name": dataset_name(cfg), "image_size": size,
+            "train": spec.train, "val": spec.val, "seed": spec.seed, "domain": spec.domain}
+
+
+def describe_data(cfg: Config) -> str:
+    """One line naming the data, for run records, tables and figures: ``synthetic set cityscapes-synthetic-smoke
+    (40 train / 10 val images, 128x256)`` or ``real cityscapes at /datasets/cityscapes``."""
+    record = data_record(cfg)
+    if record["source"] == "real":
+        return f"real {record['dataset']} at {record['root']}"
+    return (f"synthetic set {record['name']} ({record['train']} train / {record['val']} val images, "
+            f"{record['image_size']})")
 
 
 def prepare_data(cfg: Config, progress: bool = False) -> Path:
@@ -159,7 +187,12 @@ def check_dataset(cfg: Config, decode: bool = True) -> None:
 
 def data_digest(cfg: Config) -> str:
     """A digest of the dataset: the synthetic set's manifest content, or the path, size and mtime of every
-    file under a real root (cheap: file stats only, no pixel read). A changed, added or removed file changes it."""
+    file under a real root (cheap: file stats only, no pixel read). A changed, added or removed file changes it.
+
+    A real source without a root has the digest ``no-data-root``: ids for planning only (``plan`` before the
+    data is there), as every stage's data check stops at :class:`MissingDataRoot` before it makes a run."""
+    if not is_synthetic(cfg) and cfg.data.root is None:
+        return "no-data-root"
     root = dataset_root(cfg)
     h = hashlib.sha256()
     if is_synthetic(cfg):  # the set is a function of its spec, so planning knows the digest before it is drawn

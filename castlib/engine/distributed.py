@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from castlib.errors import DeviceError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -27,11 +29,21 @@ class Context:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The config's ``device``: ``auto`` is CUDA when available, else the CPU (the paper profile has no auto:
+    :data:`castlib.config.PAPER_PROFILES`); ``cuda`` without CUDA is a :class:`~castlib.errors.DeviceError` saying
+    which NVIDIA driver this torch needs and how to use the CPU on purpose, except while planning
+    (:func:`castlib.engine.plan.planning`: run ids only, no tensor made), so ``plan --profile paper`` runs anywhere."""
+    from castlib.engine.plan import current_plan
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+            if current_plan() is not None:
+                return torch.device("cpu")
+            from castlib.doctor import no_cuda_message
+
+            raise DeviceError(no_cuda_message())
         return torch.device("cuda", local_rank)
     return torch.device(name)
 

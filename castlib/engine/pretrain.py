@@ -45,7 +45,7 @@ def source_config(cfg: Config) -> Config:
         raise ConfigError(None, "model.stand_in", "model.pretrained (hub weights) and model.stand_in (source-domain "
                                                   "weights) exclude each other; set one of them to false")
     source = copy.deepcopy(cfg)
-    source.data.root = None  # the source domain is always synthetic, whatever the target (a real root too)
+    source.data.source, source.data.root = "synthetic", None  # always synthetic, whatever the target (a real root too)
     syn, dataset = source.data.synthetic, cfg.data.dataset
     syn.name, syn.domain = f"{syn.name}-source", "source"
     syn[dataset] = Config({**syn[dataset], **syn.source[dataset]})

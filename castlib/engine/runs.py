@@ -4,7 +4,7 @@ A run is one arrow of the pipeline: a stage, the config it reads, the ids of the
 and a seed. Its id is a hash of those, so asking twice for the same run finds the same folder:
 
 ``results/runs/<id>/``
-    ``run.json``       what the run is (stage, inputs, seed, profile, commit, hardware)
+    ``run.json``       what the run is (stage, inputs, seed, profile, data source, commit, hardware)
     ``config.yaml``    the resolved config the run was made with
     ``checkpoints/``   ``last.pt`` (resumable training state)
     ``log.csv``        every loss term and learning rate per logged iteration
@@ -41,6 +41,7 @@ import torch
 import yaml
 
 from castlib.config import REPO_ROOT, Config, as_config
+from castlib.data.loaders import data_record
 from castlib.errors import CastError
 from castlib.io import write_json_atomic, write_text_atomic
 
@@ -48,6 +49,9 @@ from castlib.io import write_json_atomic, write_text_atomic
 # (Where the synthetic sets and split files lie is one of them: their content follows from the config.)
 RUNTIME_KEYS = ("device", "data.num_workers", "data.data_dir", "data.splits_dir", "train.log_every",
                 "train.checkpoint_every", "runs_dir")
+# Keys that the id need not hash: data.source is synthetic exactly when data.root is null (castlib.config), so
+# the root already tells the sources apart and synthetic runs keep the ids they had before the key existed.
+IMPLIED_KEYS = ("data.source",)
 
 
 class RunError(CastError):
@@ -79,8 +83,9 @@ def run_id(stage: str, config: Mapping, inputs: Mapping[str, str], seed: int,
            data: Mapping[str, str] | None = None) -> str:
     """12 hex digits of the SHA-256 of the canonical JSON of (stage, config, inputs, seed) and, when given,
     the digests of the data the run reads (dataset manifest, split files), so a changed input is a new run."""
-    payload = {"stage": stage, "config": _strip(config, RUNTIME_KEYS), "inputs": dict(sorted(inputs.items())),
-               "seed": seed} | ({"data": dict(sorted(data.items()))} if data else {})
+    payload = {"stage": stage, "config": _strip(config, (*RUNTIME_KEYS, *IMPLIED_KEYS)),
+               "inputs": dict(sorted(inputs.items())), "seed": seed}
+    payload |= {"data": dict(sorted(data.items()))} if data else {}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -242,6 +247,7 @@ def create_run(cfg: Config, stage: str, config: Mapping, inputs: Mapping[str, Ru
                                                                   sort_keys=False))
         write_json_atomic(info_path, {
             "id": rid, "stage": stage, "inputs": ids, "seed": seed, "profile": cfg.profile, "data": dict(data or {}),
+            "data_source": data_record(cfg),
             "commit": git_commit(), "hardware": hardware(), "created": _timestamp(),
         })
     return run

@@ -75,7 +75,10 @@ _GD_MODEL_KEYS = (*_COMMON, "augment", "model.pretrained", "model.stand_in_init"
                   *(f"loss.{k}" for k in ("class_weight", "mask_weight", "dice_weight", "no_object_weight",
                                           "num_points", "oversample_ratio", "importance_sample_ratio")))
 _STAGE_KEYS = {
-    "teacher_init": (*_COMMON, "model.pretrained", "model.teacher", "model.projection"),
+    # the weights or the stand-in, the class list, the validation set it is evaluated on (at eval_short_side) and
+    # the seed (its projection heads; its random draw without weights); not the split (_UNREAD): one theta_T^0
+    # for every label fraction
+    "teacher_init": (*_COMMON, "augment.eval_short_side", "model.pretrained", "model.teacher", "model.projection"),
     "teacher_finetune": _TEACHER_KEYS,
     "teacher_self_training": _TEACHER_KEYS,
     "pseudo_labels": ("profile", "data", "augment.eval_short_side", "train.pseudo_labels"),
@@ -99,6 +102,7 @@ _STAGE_KEYS = {
 _SYNTHETIC_READ = ("name", "seed", "domain")
 _NO_EFFECT = ("data.num_workers",)  # read, but the batches and metrics are the same whatever it is (batches.py)
 _UNREAD = {
+    "teacher_init": ("data.label_fraction", "data.label_fractions", "data.split_seed"),
     "teacher_finetune": ("train.teacher.self_training_iterations", "train.teacher.semi_weight"),
     "teacher_self_training": ("train.teacher.finetune_iterations",),
     "student_refinement": ("augment.strong", "loss.contrastive", "train.student.iterations",

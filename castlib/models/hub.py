@@ -25,8 +25,9 @@ class PretrainedWeightsError(CastError, OSError):
             f"cannot load the pretrained weights '{source}' of the {what} (config key {key}): {reason}\n"
             f"  - to use them offline, run {download} on a machine with internet access, then either keep the id "
             f"(the cache is found by id) or copy the files here and set {key} to their local path;\n"
-            "  - to run without pretrained weights, use the smoke or mini profile, or set model.pretrained=false "
-            "(random initialisation from the config's sizes)."
+            "  - `python -m castlib doctor --profile paper` lists every weight the tables need and whether it is "
+            "cached. Random weights are no substitute for a paper run; the smoke or mini profile runs without hub "
+            "weights."
         )
 
 
