@@ -47,3 +47,4 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     if rank == 0:
         torch.save(results, out)
     dist.destroy_process_group()
+

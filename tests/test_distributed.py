@@ -69,7 +69,8 @@ def test_uneven_shares_stand_ins_and_micro_batches_against_one_process(tmp_path)
 # -- the smoke stages under torchrun ------------------------------------------------------------------------------
 
 # step B with Table 2's teacher batch (2 labelled + 2 pseudo-labelled), the student's 2 + 2, one iteration each
-_EXTRA = ("model.stand_in=false", "train.teacher.batch_size=4", "train.teacher.finetune_iterations=1",
+_EXTRA = ("data.synthetic.cityscapes.train=20", "data.synthetic.cityscapes.val=4", "model.stand_in=false",
+          "train.teacher.batch_size=4", "train.teacher.finetune_iterations=1",
           "train.teacher.self_training_iterations=1", "train.student.iterations=1")
 # Relative tolerance of the first step's loss against one process: the forwards' random draws differ (dropout
 # 0.1, the set criterion's sampled points, L_pxl's negatives from each process's own images), the normalisation
@@ -109,6 +110,7 @@ def _torchrun(one_process, tmp_path, nproc: int) -> tuple[Path, subprocess.Compl
     return root, done
 
 
+@pytest.mark.slow  # about 10 minutes on the shared 2 cores: the 1-process chain, then 2 and 4 processes
 @pytest.mark.parametrize("nproc", [2, 4])
 def test_torchrun_step_b_and_student_first_step_loss_equals_one_process(one_process, tmp_path, nproc):
     """Step B's 2 + 2 images at 4 processes: two take a pair each, two run stand-in forwards of weight 0."""
@@ -123,3 +125,37 @@ def test_torchrun_step_b_and_student_first_step_loss_equals_one_process(one_proc
         print(f"{stage} first step: 1 process loss {one['loss']:.5f} grad_norm {one.get('grad_norm', 0):.4f}; "
               f"{nproc} processes loss {many['loss']:.5f} grad_norm {many.get('grad_norm', 0):.4f}")
         assert many["loss"] == pytest.approx(one["loss"], rel=LOSS_RTOL), stage
+
+
+# -- table --jobs: a GPU per worker -------------------------------------------------------------------------------
+
+def test_table_workers_get_a_gpu_each_and_more_workers_than_gpus_is_an_error(monkeypatch):
+    from castlib.config import load_config
+    from castlib.errors import CastError
+    from castlib.report import ablations
+
+    cfg = load_config("smoke")
+    monkeypatch.setattr(ablations, "visible_gpus", lambda: ["2", "5"])
+    cfg.device = "cuda"
+    assert ablations.worker_gpus(cfg, 2) == ["2", "5"]
+    with pytest.raises(CastError, match="--jobs 3: only 2 GPU"):
+        ablations.worker_gpus(cfg, 3)
+    cfg.device = "cpu"
+    assert ablations.worker_gpus(cfg, 3) is None
+    queue = __import__("queue").Queue()
+    for gpu in ("2", "5"):
+        queue.put(gpu)
+    seen = []
+    for _ in range(2):  # what each spawned worker's initializer does (its parent: this process's own parent)
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        ablations._init_worker(os.getppid(), queue)
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["2", "5"]
+
+
+def test_an_uneven_batch_for_a_one_forward_caller_is_a_cast_error():
+    from castlib.engine.batches import batch_stream
+    from castlib.errors import CastError
+
+    with pytest.raises(CastError, match="cannot be split evenly over 4 processes"):
+        batch_stream(list(range(8)), batch_size=2, seed=0, rank=1, world=4)

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from castlib.data.sample import collate
+from castlib.errors import CastError
 
 
 def _seed(*parts: int) -> int:
@@ -124,10 +125,15 @@ class IterationBatches(Sampler):
 
 
 def batch_stream(dataset: Dataset, batch_size: int, seed: int, start: int = 0, num_workers: int = 0,
-                 rank: int = 0, world: int = 1, micro_batch: int = 0) -> Iterator:
+                 rank: int = 0, world: int = 1, micro_batch: int | None = None) -> Iterator:
     """An endless iterator of :class:`~castlib.data.sample.Batch` starting at iteration ``start``: one batch per
-    forward of :func:`split_batch` (one per iteration with one process and no ``micro_batch``)."""
-    sampler = IterationBatches(len(dataset), batch_size, seed, start, rank, world, micro_batch)
+    forward of :func:`split_batch` (one per iteration with one process and no ``micro_batch``). ``micro_batch``
+    None: the caller runs one forward per iteration and weighs every process alike, so the batch must divide
+    evenly over the processes (a :class:`~castlib.errors.CastError` otherwise)."""
+    if micro_batch is None and batch_size % world:
+        raise CastError(f"a global batch of {batch_size} images cannot be split evenly over {world} processes for "
+                        "this stage: run it with a process count that divides the batch")
+    sampler = IterationBatches(len(dataset), batch_size, seed, start, rank, world, micro_batch or 0)
     # A private generator: creating the iterator must not consume the global RNG (dropout, sampling).
     loader = DataLoader(SeededSamples(dataset), batch_sampler=sampler, collate_fn=collate,
                         num_workers=num_workers, persistent_workers=num_workers > 0,

@@ -29,6 +29,7 @@ from torchvision.ops import box_convert
 from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoTokenizer, Sam2Config, Sam2Model
 
 from castlib.config import Config
+from castlib.engine.distributed import global_normaliser
 from castlib.errors import ConfigError
 from castlib.models.base import SegmentationModel
 from castlib.models.geometry import normalize
@@ -284,6 +285,7 @@ class Teacher(SegmentationModel):
         chosen = [torch.randperm(len(b), device=b.device)[:cap].sort().values for b in boxes]
         count = max(len(c) for c in chosen)
         if count == 0:
+            global_normaliser(x.new_zeros(()))  # the count mask_loss takes on the other processes: 0 from here
             zero = x.new_zeros(())
             return {"loss_mask_bce": zero, "loss_mask_dice": zero, "loss_iou": zero, "loss_object": zero}
         prompts = x.new_tensor([0.5, 0.5, 1.0, 1.0]).repeat(len(x), count, 1)  # padding: whole-image boxes
