@@ -72,10 +72,12 @@ def test_uneven_shares_stand_ins_and_micro_batches_against_one_process(tmp_path)
 _EXTRA = ("data.synthetic.cityscapes.train=20", "data.synthetic.cityscapes.val=4", "model.stand_in=false",
           "train.teacher.batch_size=4", "train.teacher.finetune_iterations=1",
           "train.teacher.self_training_iterations=1", "train.student.iterations=1")
-# Relative tolerance of the first step's loss against one process: the forwards' random draws differ (dropout
-# 0.1, the set criterion's sampled points, L_pxl's negatives from each process's own images), the normalisation
-# does not. Measured (docs/findings/distributed.md): at most ~2% apart; a wrong weighting is off by 2x or more.
-LOSS_RTOL = 0.05
+# Relative tolerance of the first step's loss against one process. The normalisation is the same (every count comes
+# from global_normaliser); the random draws are not: dropout 0.1, the set criterion's sampled points, L_pxl's
+# negatives from each process's own images. Measured (docs/findings/distributed.md): the student 0.01% apart, the
+# teacher 4.2% (its detection term under Grounding DINO's dropout; equal to 1e-7 in eval mode); a weighting without
+# the global counts was 33% off, one without DDP's compensation is off by the process count.
+LOSS_RTOL = {"teacher_self_training": 0.10, "knowledge_transfer": 0.01}
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def _torchrun(one_process, tmp_path, nproc: int) -> tuple[Path, subprocess.Compl
     return root, done
 
 
-@pytest.mark.slow  # about 10 minutes on the shared 2 cores: the 1-process chain, then 2 and 4 processes
+@pytest.mark.slow  # 6.5 minutes on the shared 2 cores: the 1-process chain (4.5), then 2 and 4 processes (~1 each)
 @pytest.mark.parametrize("nproc", [2, 4])
 def test_torchrun_step_b_and_student_first_step_loss_equals_one_process(one_process, tmp_path, nproc):
     """Step B's 2 + 2 images at 4 processes: two take a pair each, two run stand-in forwards of weight 0."""
@@ -124,7 +126,7 @@ def test_torchrun_step_b_and_student_first_step_loss_equals_one_process(one_proc
         one, many = _first_row(run.dir), _first_row(ddp)
         print(f"{stage} first step: 1 process loss {one['loss']:.5f} grad_norm {one.get('grad_norm', 0):.4f}; "
               f"{nproc} processes loss {many['loss']:.5f} grad_norm {many.get('grad_norm', 0):.4f}")
-        assert many["loss"] == pytest.approx(one["loss"], rel=LOSS_RTOL), stage
+        assert many["loss"] == pytest.approx(one["loss"], rel=LOSS_RTOL[stage]), stage
 
 
 # -- table --jobs: a GPU per worker -------------------------------------------------------------------------------
