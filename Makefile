@@ -6,9 +6,13 @@ PROFILE ?= smoke
 TABLES ?= 3 4 5 6 7 8
 DATASETS ?= cityscapes ade20k
 JOBS ?= 1
+# NPROC > 1: the training commands run under torchrun on NPROC processes (GPUs) of this machine, each run's global
+# batch split over them (DESIGN 9); give the GPUs either to torchrun (NPROC) or to table workers (JOBS), not both
+NPROC ?= 1
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+TRAIN_PY := $(if $(filter 1,$(NPROC)),$(PY),$(PY) -m torch.distributed.run --standalone --nproc_per_node $(NPROC))
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 # smoke writes the committed results/{tables,figures}; another profile its own folder (results/mini/...)
 RESULTS ?= $(if $(filter smoke,$(PROFILE)),results,results/$(PROFILE))
@@ -38,11 +42,12 @@ test-all: setup
 
 ## reproduce: data, splits, the CAST pipeline on DATASETS, efficiency, every notebook in order (papermill):
 ## executed notebooks to RESULTS/notebooks/, supplementary TABLES to RESULTS/tables/, figures to RESULTS/figures/
-## (RESULTS: results on smoke, results/PROFILE otherwise); the tables' runs train first, JOBS processes at a time
+## (RESULTS: results on smoke, results/PROFILE otherwise); the tables' runs train first, JOBS processes at a time,
+## or each on NPROC processes under torchrun (`make reproduce PROFILE=paper NPROC=8`)
 reproduce: setup
 	for d in $(DATASETS); do $(PY) -m castlib prepare --profile $(PROFILE) --dataset $$d || exit 1; done
-	for d in $(DATASETS); do $(PY) -m castlib train --profile $(PROFILE) --dataset $$d --stage cast || exit 1; done
-	$(PY) -m castlib table $(TABLES) --profile $(PROFILE) --jobs $(JOBS) --out $(RESULTS)/tables
+	for d in $(DATASETS); do $(TRAIN_PY) -m castlib train --profile $(PROFILE) --dataset $$d --stage cast || exit 1; done
+	$(TRAIN_PY) -m castlib table $(TABLES) --profile $(PROFILE) --jobs $(JOBS) --out $(RESULTS)/tables
 	$(PY) -m castlib efficiency --profile $(PROFILE) --dataset cityscapes --out $(RESULTS)/efficiency
 	$(PY) -m castlib notebooks --profile $(PROFILE) --results $(RESULTS) $(NOTEBOOKS) --tables $(TABLES)
 

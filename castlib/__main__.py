@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,8 +142,11 @@ def cmd_table(args: argparse.Namespace) -> None:
         raise CastError(f"--jobs {args.jobs}: give at least 1 worker process")
     if args.jobs > 1 and not args.no_train:
         train_tables(cfg, args.number, args.jobs)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun every process trains the runs, rank 0 writes
     for number in args.number:
         table = build_table(cfg, number, train=not args.no_train)
+        if not main:
+            continue
         for path in write_table(table, f"{args.out}/table{number}"):
             print(path)
         print(table.attrs["caption"])

@@ -3,12 +3,19 @@
 A stage builds its model, optimiser, schedule and a ``step_factory``; ``train`` resumes from the
 run's last checkpoint when there is one, runs the remaining iterations, logs every loss term and
 learning rate, checkpoints atomically and returns the last logged values.
+
+A step is one or more forwards (several processes, micro-batches: :func:`castlib.engine.batches.split_batch`),
+each with a weight, its units' share of the global batch. Each forward's loss is back-propagated times
+``weight * world`` (DDP averages gradients over the ``world`` processes, the factor undoes it), so the gradient
+the optimiser sees is the weight-sum of the forwards' gradients: with the losses' counts from
+:func:`castlib.engine.distributed.global_normaliser`, the one-process gradient of the global batch. Logged values
+are the weight-sums over every process's forwards.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -16,13 +23,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from castlib.engine.checkpoint import load_checkpoint, restore, save_checkpoint
-from castlib.engine.distributed import Context, all_reduce_mean, barrier
+from castlib.engine.distributed import Context, all_reduce_sum, barrier
 from castlib.engine.logs import TIMING_FILE, TrainingLog, read_timing
 from castlib.engine.optim import clip_gradients
 from castlib.engine.runs import Run
 from castlib.io import write_json_atomic
 
-StepFn = Callable[[int], Mapping[str, torch.Tensor]]
+Losses = Mapping[str, torch.Tensor]
+# A step returns its forwards' (losses, weight) pairs, back-propagating each as it is asked for the next (so a
+# micro-batch's activations are freed before the next forward), or one process's losses (weight 1 / world).
+StepFn = Callable[[int], Losses | Iterable[tuple[Losses, float]]]
 
 
 def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -35,8 +45,9 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
           desc: str = "train") -> dict[str, float]:
     """Run iterations ``[start, iterations)`` where ``start`` is the last checkpoint's iteration (or 0).
 
-    ``step_factory(start)`` returns ``step(iteration) -> {"loss": total, other terms...}``; only
-    ``"loss"`` is back-propagated, every entry is logged (averaged over processes under DDP).
+    ``step_factory(start)`` returns ``step(iteration)``: ``{"loss": total, other terms...}`` or an iterable of
+    such dictionaries with their weights (module docstring); only ``"loss"`` is back-propagated, every entry is
+    logged (weight-summed over forwards and processes).
     """
     extra_state = dict(extra_state or {})
     start = 0
@@ -54,15 +65,12 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
     for it in range(start, iterations):
         lrs = learning_rates(optimizer)
         started = time.perf_counter()
-        losses = step(it)
         optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        values = _accumulate(step(it), ctx)
         grad_norm = clip_gradients(model.parameters(), grad_clip)
         optimizer.step()
         scheduler.step()
         timing = {"iterations": timing["iterations"] + 1, "seconds": timing["seconds"] + time.perf_counter() - started}
-        values = {k: all_reduce_mean(torch.as_tensor(v, dtype=torch.float32, device=ctx.device), ctx).item()
-                  for k, v in losses.items()}
         if grad_norm is not None:
             values["grad_norm"] = float(grad_norm)
         values.update(lrs)
@@ -81,3 +89,18 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
     if log is not None:
         log.close()
     return values
+
+
+def _accumulate(forwards: Losses | Iterable[tuple[Losses, float]], ctx: Context) -> dict[str, float]:
+    """Back-propagate each forward's loss times ``weight * world``; the weight-sums of the logged values over
+    forwards and processes (every process logs the same keys)."""
+    if isinstance(forwards, Mapping):
+        forwards = [(forwards, 1.0 / ctx.world)]
+    totals: dict[str, torch.Tensor] = {}
+    for losses, weight in forwards:
+        (losses["loss"] * (weight * ctx.world)).backward()
+        for k, v in losses.items():
+            totals[k] = totals.get(k, 0.0) + weight * torch.as_tensor(v, dtype=torch.float32).detach()
+    keys = sorted(totals)
+    summed = all_reduce_sum(torch.stack([totals[k].to(ctx.device) for k in keys]), ctx)
+    return dict(zip(keys, summed.tolist(), strict=True))

@@ -22,6 +22,7 @@ writes the files.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ from castlib.data.loaders import (
 )
 from castlib.data.transforms import EvalView
 from castlib.engine import distributed as D
-from castlib.engine.batches import batch_stream
+from castlib.engine.batches import batch_stream, split_batch
 from castlib.engine.loop import train
 from castlib.engine.objective import Objective
 from castlib.engine.optim import build_optimizer, build_scheduler
@@ -100,7 +101,9 @@ _STAGE_KEYS = {
 # Of data.synthetic, a run reads its own dataset's entry and these (castlib.data.loaders.synthetic_spec): the other
 # format's sizes and the source counts (merged into the source config's entry by castlib.engine.pretrain) stay out
 _SYNTHETIC_READ = ("name", "seed", "domain")
-_NO_EFFECT = ("data.num_workers",)  # read, but the batches and metrics are the same whatever it is (batches.py)
+# read, but the batches and metrics are the same whatever they are (batches.py); micro_batch, like the process
+# count, lays out the same global batch (castlib.engine.batches.split_batch)
+_NO_EFFECT = ("data.num_workers", "train.teacher.micro_batch", "train.student.micro_batch")
 _UNREAD = {
     "teacher_init": ("data.label_fraction", "data.label_fractions", "data.split_seed"),
     "teacher_finetune": ("train.teacher.self_training_iterations", "train.teacher.semi_weight"),
@@ -213,10 +216,12 @@ def _seed_everything(seed: int) -> None:
 
 
 def _finish(run: Run, ctx: D.Context, cfg: Config, model, summary: Mapping[str, Any]) -> Run:
-    """Rank 0 saves the final weights, evaluates them on the validation set and marks the run complete."""
+    """Rank 0 saves the final weights; every process evaluates its share of the validation set
+    (:func:`castlib.eval.evaluate_model`), rank 0 scores and marks the run complete."""
     if ctx.is_main:
         model.save_pretrained(run.model_dir)
-        metrics = evaluate_model(model, val_dataset(cfg), run.dir / "eval", **eval_options(cfg))
+    metrics = evaluate_model(model, val_dataset(cfg), run.dir / "eval", **eval_options(cfg), ctx=ctx)
+    if ctx.is_main:
         run.write_metrics({**metrics, "train": dict(summary)})
         run.mark_complete({"ap": metrics["ap"], "ap50": metrics["ap50"]})
     D.barrier(ctx)
@@ -424,6 +429,28 @@ def _contrastive_section(cfg: Config, stage: str, section: Config) -> dict:
     return {**cfg.loss.contrastive, **overrides}
 
 
+_BATCH_KEYS = {"teacher_finetune": "train.teacher", "teacher_self_training": "train.teacher",
+               "knowledge_transfer": "train.student", "supervised_student": "train.student",
+               "student_refinement": "train.refinement", "pretrain_teacher": "train.pretrain",
+               "pretrain_backbone": "train.pretrain"}
+
+
+def _batch_layout(stage: str, section: Config, two_parts: bool) -> tuple[int, int]:
+    """The global batch in units (an image; a labelled + pseudo-labelled pair in a two-part batch, half the
+    batch size each) and the units per forward: ``micro_batch`` images per forward, at least one unit, 0 for
+    each process's whole share (DESIGN 9; :func:`castlib.engine.batches.split_batch`)."""
+    key = _BATCH_KEYS.get(stage, "train")
+    batch, micro = section.batch_size, section.get("micro_batch", 0)
+    parts = 2 if two_parts else 1
+    if not isinstance(batch, int) or batch < parts or batch % parts:
+        raise ConfigError(None, f"{key}.batch_size", f"{batch} cannot be split into {parts} equal non-empty parts"
+                                                     + (" (labelled and pseudo-labelled)" if two_parts else ""))
+    if not isinstance(micro, int) or micro < 0:
+        raise ConfigError(None, f"{key.replace('refinement', 'student')}.micro_batch",
+                          f"{micro}: give images per forward, or 0 for each process's whole share")
+    return batch // parts, max(1, micro // parts) if micro else 0
+
+
 def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, iterations: int,
          labels: Run | None, contrastive: bool, seed: int, section: Config,
          labelled: InstanceDataset | None = None) -> Run:
@@ -442,22 +469,29 @@ def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, it
     network = DistributedDataParallel(objective, find_unused_parameters=True) if ctx.distributed else objective
     optimizer = _optimizer(model, role, section)
     scheduler = _scheduler(optimizer, section, iterations)
-    per_part = section.batch_size // 2 if labels is not None else section.batch_size
+    per_part, micro = _batch_layout(stage, section, two_parts=labels is not None)
+    forwards = split_batch(per_part, ctx.world, ctx.rank, micro)
     labelled = labelled_dataset(cfg, strong=contrastive) if labelled is None else labelled
     unlabelled = None
     if labels is not None:
         unlabelled = unlabelled_dataset(cfg, strong=contrastive, annotation_root=labels.pseudo_label_dir)
 
     def step_factory(start: int):
-        streams = [batch_stream(labelled, per_part, seed, start, cfg.data.num_workers, ctx.rank, ctx.world)]
+        streams = [batch_stream(labelled, per_part, seed, start, cfg.data.num_workers, ctx.rank, ctx.world, micro)]
         if unlabelled is not None:
             streams.append(batch_stream(unlabelled, per_part, seed + 1, start, cfg.data.num_workers, ctx.rank,
-                                        ctx.world))
+                                        ctx.world, micro))
 
-        def step(iteration: int) -> dict[str, torch.Tensor]:
-            batches = [next(s).to(ctx.device) for s in streams]
-            with D.autocast(ctx):
-                return network(*batches)
+        def step(iteration: int):
+            """This process's forwards (:func:`split_batch`); DDP syncs the gradients in the last one's backward,
+            which the loop runs while this generator waits inside ``no_sync`` for the others."""
+            for f, forward in enumerate(forwards):
+                batches = [next(s).to(ctx.device) for s in streams]
+                last = f == len(forwards) - 1
+                with nullcontext() if last or not ctx.distributed else network.no_sync():
+                    with D.forward_share(forward.share), D.autocast(ctx):
+                        losses = network(*batches)
+                    yield losses, forward.weight
 
         return step
 

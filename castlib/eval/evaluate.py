@@ -13,6 +13,10 @@ Everything lands in one output folder (a run folder, once the run registry exist
 | ``metrics.json`` | both metrics, per-class AP, and ``ap`` / ``ap50`` of the metric the tables use |
 
 Every file is written atomically; the Cityscapes prediction folder appears at once, by a rename.
+
+Under ``torchrun`` (:func:`evaluate_model` with a ``ctx``) each process predicts every ``world``-th image, writes
+its Cityscapes files into the shared partial folder and its COCO results to a per-rank file; rank 0 gathers
+them and scores, and every process returns its metrics.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Subset
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from castlib.config import Config
 from castlib.data.datasets import InstanceDataset
 from castlib.data.loaders import make_loader
+from castlib.engine.distributed import Context
 from castlib.errors import ConfigError, EvaluationError
 from castlib.eval.cityscapes import cityscapes_mask_ap, write_cityscapes_prediction
 from castlib.eval.coco import coco_mask_ap, coco_results
@@ -55,7 +62,8 @@ class PredictionWriter:
     and writes the files.
     """
 
-    def __init__(self, gt: GroundTruth, out_dir: str | Path):
+    def __init__(self, gt: GroundTruth, out_dir: str | Path, fresh: bool = True):
+        """``fresh``: start the Cityscapes partial folder anew (a sharded evaluation's other ranks add to it)."""
         self.gt = gt
         self.out_dir = Path(out_dir)
         self.results: list[dict] = []
@@ -63,8 +71,9 @@ class PredictionWriter:
         self.cityscapes_dir: Path | None = None
         if gt.has_cityscapes_files:
             self.cityscapes_dir = self.out_dir / f".{CITYSCAPES_PREDICTIONS_DIR}.partial"
-            shutil.rmtree(self.cityscapes_dir, ignore_errors=True)
-            self.cityscapes_dir.mkdir(parents=True)
+            if fresh:
+                shutil.rmtree(self.cityscapes_dir, ignore_errors=True)
+            self.cityscapes_dir.mkdir(parents=True, exist_ok=True)
 
     def add(self, image_id: str, prediction: Prediction) -> None:
         self.gt.check_prediction(image_id, prediction)
@@ -168,6 +177,7 @@ def evaluate_model(
     num_workers: int = 0,
     table_metric: str | None = None,
     progress: bool = False,
+    ctx: Context | None = None,
 ) -> dict:
     """Run ``model`` over ``dataset`` (on the model's device, in eval mode, without gradients), keep the
     ``top_k`` instances per image (:func:`instance_inference`), write predictions and ``metrics.json``
@@ -176,11 +186,20 @@ def evaluate_model(
     ``model(images)`` takes ``[B, 3, H, W]`` floats in ``[0, 1]`` and returns a ``SegmentationOutput``.
     The dataset's transform gives the evaluation view (e.g. :func:`castlib.data.val_dataset`); masks
     are brought back to the size of the ground truth, which is read from the dataset's own files.
+    ``ctx``: the processes of a ``torchrun`` (every one calls this), which share the images (module docstring).
     """
+    sharded = ctx is not None and ctx.distributed
+    rank, world = (ctx.rank, ctx.world) if sharded else (0, 1)
     gt = GroundTruth.from_dataset(dataset)
     table_metric = resolve_table_metric(gt, table_metric)
-    writer = PredictionWriter(gt, out_dir)
+    if sharded:  # rank 0 starts the partial folder before the others write into it
+        if rank == 0:
+            PredictionWriter(gt, out_dir)
+        dist.barrier()
+    writer = PredictionWriter(gt, out_dir, fresh=not sharded)
     images_only = _without_annotations(dataset)
+    if sharded:
+        images_only = Subset(images_only, range(rank, len(images_only), world))
     loader = make_loader(images_only, batch_size, seed=0, shuffle=False, num_workers=num_workers, drop_last=False)
     device, was_training = model_device(model), model.training
     model.eval()
@@ -194,10 +213,36 @@ def evaluate_model(
                     writer.add(image_id, prediction)
     finally:
         model.train(was_training)
+    if sharded:
+        return _gather_and_score(writer, rank, world, table_metric, top_k, model, device)
     writer.close()
     info = {"num_predictions": len(writer.results), "top_k": top_k, "model": type(model).__name__,
             "device": str(device)}
     return score(gt, out_dir, table_metric, info, allow_empty=True)
+
+
+def _gather_and_score(writer: PredictionWriter, rank: int, world: int, table_metric: str, top_k: int,
+                      model: nn.Module, device: torch.device) -> dict:
+    """A sharded evaluation's end: every rank's COCO results and predicted ids through per-rank files, rank 0
+    closes the writer and scores, and broadcasts the metrics."""
+    shard = writer.out_dir / f".shard{rank}.json"
+    write_json_atomic(shard, {"results": writer.results, "seen": sorted(writer.seen)})
+    dist.barrier()
+    metrics = [None]
+    if rank == 0:
+        for other in range(1, world):
+            path = writer.out_dir / f".shard{other}.json"
+            part = json.loads(path.read_text())
+            writer.results += part["results"]
+            writer.seen |= set(part["seen"])
+            path.unlink()
+        shard.unlink()
+        writer.close()
+        info = {"num_predictions": len(writer.results), "top_k": top_k, "model": type(model).__name__,
+                "device": str(device)}
+        metrics = [score(writer.gt, writer.out_dir, table_metric, info, allow_empty=True)]
+    dist.broadcast_object_list(metrics, src=0)
+    return metrics[0]
 
 
 def _without_annotations(dataset: InstanceDataset) -> InstanceDataset:

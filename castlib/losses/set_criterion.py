@@ -14,8 +14,12 @@ points are drawn first, in the library's order (per layer: each image's matching
 oversampled and the random loss points), so under the same seed the loss equals the library's
 (``tests/test_losses_set_criterion.py``). :class:`SetCriterion` weights the terms (class 2, mask 5,
 dice 5), sums them, runs in float32 (scipy cannot take half precision; Mask2Former also computes
-its loss in float32) and averages the mask count over ``torch.distributed`` ranks as Mask2Former's
-criterion does. Point sampling draws from torch's global generator: seed it for determinism.
+its loss in float32). Its two normalisers, the mask count and the summed weights of the class
+cross-entropy's targets, come from :func:`castlib.engine.distributed.global_normaliser`: under DDP the
+processes' weighted losses add up to the loss of the whole global batch (with micro-batches, of each
+round), as Mask2Former's all-reduced mask count makes it for even shares (transformers averages it only
+under ``accelerate``).
+Point sampling draws from torch's global generator: seed it for determinism.
 """
 
 from __future__ import annotations
@@ -24,24 +28,14 @@ import re
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from castlib.engine.distributed import global_normaliser
 from castlib.models.output import SegmentationOutput
 
 _LAYER_SUFFIX = re.compile(r"_\d+$")
-
-
-def _num_masks(labels: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """The batch's target count, averaged over ``torch.distributed`` ranks (transformers averages it only under
-    ``accelerate``; the kit trains under ``torchrun``), at least 1."""
-    num_masks = torch.as_tensor(float(sum(len(c) for c in labels)), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num_masks)
-        num_masks = num_masks / dist.get_world_size()
-    return num_masks.clamp(min=1)
 
 
 def _sample(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -109,8 +103,8 @@ class SetCriterion(nn.Module):
             class_logits = torch.stack([output.class_logits] + [a["class_logits"] for a in output.aux]).float()
             points = self._draw_points(mask_logits.shape, classes, device)
             matches = self._match(mask_logits, class_logits, targets, classes, points["match"])
-            terms = self._terms(mask_logits, class_logits, targets, classes, matches, points,
-                                _num_masks(classes, device))
+            num_masks = global_normaliser(torch.as_tensor(float(sum(len(c) for c in classes)), device=device))
+            terms = self._terms(mask_logits, class_logits, targets, classes, matches, points, num_masks)
         weighted = {name: self.weights[_LAYER_SUFFIX.sub("", name)] * value for name, value in terms.items()}
         weighted["loss"] = torch.stack(list(weighted.values())).sum()
         return weighted
@@ -200,15 +194,21 @@ class SetCriterion(nn.Module):
         dice = 1 - (2 * (probs * point_labels).sum(-1) + 1) / (probs.sum(-1) + point_labels.sum(-1) + 1)
         bce, dice = bce.view(layers, -1), dice.view(layers, -1)
         terms: dict[str, torch.Tensor] = {}
-        for layer, per_image in enumerate(matches):
+        targets_per_layer = []
+        for per_image in matches:
             target_classes = torch.full((batch, queries), self.num_classes, dtype=torch.int64, device=device)
             for i, (q, t) in enumerate(per_image):
                 target_classes[i, q.to(device)] = classes[i][t.to(device)]
+            targets_per_layer.append(target_classes)
+        # every layer matches as many queries, so one normaliser: the summed target weights of the last layer
+        class_norm = global_normaliser(self.class_weights[targets_per_layer[0]].sum())
+        for layer, target_classes in enumerate(targets_per_layer):
             suffix = "" if layer == 0 else f"_{layer - 1}"
             terms[f"loss_mask{suffix}"] = bce[layer].sum() / num_masks
             terms[f"loss_dice{suffix}"] = dice[layer].sum() / num_masks
-            terms[f"loss_cross_entropy{suffix}"] = F.cross_entropy(class_logits[layer].transpose(1, 2),
-                                                                   target_classes, weight=self.class_weights)
+            terms[f"loss_cross_entropy{suffix}"] = F.cross_entropy(
+                class_logits[layer].transpose(1, 2), target_classes, weight=self.class_weights,
+                reduction="sum") / class_norm
         return terms
 
     def _check(self, output: SegmentationOutput, masks: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]):

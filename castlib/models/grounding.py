@@ -30,6 +30,7 @@ from transformers.models.grounding_dino.modeling_grounding_dino import build_lab
 
 from castlib.config import Config
 from castlib.data.classes import CLASS_LISTS, ClassList
+from castlib.engine.distributed import global_normaliser
 
 # bert-base-uncased layout (pitfall G2): ids 0..103 and the ASCII symbols at 999.. are what the detector expects
 _BERT_HEAD = ["[PAD]", *(f"[unused{i}]" for i in range(99)), "[UNK]", "[CLS]", "[SEP]", "[MASK]",
@@ -143,7 +144,7 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 class DetectionLoss:
     """Grounding DINO's set loss (focal phrase loss x2, L1 box x5, GIoU x2; decoder layers and encoder proposals),
-    computed per image (G5) with the proposals' gradient kept (G4); normalised by the batch's box count."""
+    computed per image (G5) with the proposals' gradient kept (G4); normalised by the global batch's box count."""
 
     def __init__(self, config):
         matcher = GroundingDinoHungarianMatcher(class_cost=config.class_cost, bbox_cost=config.bbox_cost,
@@ -166,7 +167,9 @@ class DetectionLoss:
         top = torch.topk(out.enc_outputs_class.max(-1).values, self.num_queries, dim=1).indices
         enc_logits = out.enc_outputs_class.gather(1, top[..., None].expand(-1, -1, out.enc_outputs_class.shape[-1]))
         enc_boxes = out.enc_outputs_coord_logits.gather(1, top[..., None].expand(-1, -1, 4)).sigmoid()
-        total_boxes = max(sum(len(t["class_labels"]) for t in labels), 1)
+        # the global batch's box count (DESIGN 9: the same loss on any number of processes)
+        total_boxes = global_normaliser(torch.tensor(float(sum(len(t["class_labels"]) for t in labels)),
+                                                     device=out.logits.device))
         loss = out.logits.new_zeros(())
         for i, target in enumerate(labels):
             def one(logits, boxes, i=i):

@@ -20,6 +20,7 @@ from transformers import (
 from transformers.models.mask2former.modeling_mask2former import dice_loss, sigmoid_cross_entropy_loss
 
 from castlib.config import Config
+from castlib.engine.distributed import global_normaliser
 
 
 def sam2_config(spec: Config) -> Sam2Config:
@@ -58,7 +59,7 @@ def mask_loss(mask_logits: torch.Tensor, iou_scores: torch.Tensor, object_logits
     boolean ``targets`` ``[N, h, w]``, MSE between the predicted IoU ``[N]`` and the IoU of the binarised mask,
     and BCE of the object score ``[N]`` against "the target is non-empty"."""
     labels = targets.float()
-    count = max(len(labels), 1)
+    count = global_normaliser(torch.tensor(float(len(labels)), device=mask_logits.device))  # DESIGN 9
     with torch.no_grad():
         predicted = mask_logits > 0
         union = (predicted | targets).flatten(1).sum(-1).clamp_min(1)

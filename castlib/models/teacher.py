@@ -31,6 +31,7 @@ from torchvision.ops import box_convert
 from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoTokenizer, Sam2Config, Sam2Model
 
 from castlib.config import Config
+from castlib.engine.distributed import global_normaliser
 from castlib.errors import ConfigError
 from castlib.models.base import SegmentationModel
 from castlib.models.geometry import normalize
@@ -365,6 +366,7 @@ class Teacher(SegmentationModel):
         chosen = [torch.randperm(len(b), device=b.device)[:cap].sort().values for b in boxes]
         count = max((len(c) for c in chosen), default=0)
         if count == 0:
+            global_normaliser(embeddings[-1].new_zeros(()))  # the count mask_loss takes on the other processes
             zero = embeddings[-1].new_zeros((), dtype=torch.float32)
             return {"loss_mask_bce": zero, "loss_mask_dice": zero, "loss_iou": zero, "loss_object": zero}
         images, device = len(embeddings[-1]), embeddings[-1].device

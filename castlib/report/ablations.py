@@ -361,12 +361,16 @@ def _train_unit(cfg: Config, number: int, seed: int, threads: int) -> tuple[int,
     return number, seed
 
 
-def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
-    """A worker's initializer: end the worker when its parent is gone. A parent killed by SIGTERM or SIGKILL
-    (``kill``, ``timeout``, a scheduler) runs no clean-up, and its spawned workers would keep training their
-    (table, seed) pair to the end, unseen; this watches the parent from a daemon thread and ends the worker
-    within ``poll_s``. The run it was training resumes from its last checkpoint, its lock gone with it."""
+def _init_worker(parent_pid: int, gpus, poll_s: float = 1.0) -> None:
+    """A worker's initializer: take a GPU of its own from the queue ``gpus`` (``CUDA_VISIBLE_DEVICES``, set
+    before torch touches CUDA; None on the CPU), and end the worker when its parent is gone. A parent killed by
+    SIGTERM or SIGKILL (``kill``, ``timeout``, a scheduler) runs no clean-up, and its spawned workers would keep
+    training their (table, seed) pair to the end, unseen; this watches the parent from a daemon thread and ends
+    the worker within ``poll_s``. The run it was training resumes from its last checkpoint, its lock gone with it."""
     import threading
+
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get()
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -376,28 +380,65 @@ def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def worker_pool(jobs: int):
-    """``jobs`` spawned worker processes that end with the process that made them (:func:`_exit_with_parent`)."""
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (empty without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()][:torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def worker_gpus(cfg: Config, jobs: int) -> list[str] | None:
+    """One GPU per worker when the config trains on CUDA (``device`` cuda, or auto with CUDA present), else None
+    (the CPU: the workers share its threads). More workers than visible GPUs is an error."""
+    device = str(cfg.device)
+    gpus = visible_gpus() if device in ("auto", "cuda") or device.startswith("cuda") else []
+    if not gpus:
+        return None
+    if jobs > len(gpus):
+        raise CastError(f"--jobs {jobs}: only {len(gpus)} GPU(s) are visible ({', '.join(gpus)}); each worker "
+                        f"trains on a GPU of its own, so give at most --jobs {len(gpus)}, or train one run on "
+                        "several GPUs with torchrun (README)")
+    return gpus[:jobs]
+
+
+def worker_pool(jobs: int, gpus: Sequence[str] | None = None):
+    """``jobs`` spawned worker processes, each on its own GPU of ``gpus`` (None: the CPU), that end with the
+    process that made them (:func:`_init_worker`)."""
     import concurrent.futures as cf
     import multiprocessing
 
-    return cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=_exit_with_parent, initargs=(os.getpid(),))
+    context = multiprocessing.get_context("spawn")
+    queue = None
+    if gpus is not None:
+        queue = context.Queue()
+        for gpu in gpus:
+            queue.put(gpu)
+    return cf.ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(os.getpid(), queue))
 
 
 def train_tables(cfg: Config, numbers: Sequence[int], jobs: int) -> None:
-    """Train every run Tables ``numbers`` need with ``jobs`` worker processes, each given an equal share of the
-    CPU threads. A worker takes one (table, seed) pair (:func:`table_units`) at a time, and only a pair none of
-    whose missing runs another worker is training, so no worker waits on another's run; the registry's locks
+    """Train every run Tables ``numbers`` need with ``jobs`` worker processes, each on a GPU of its own
+    (:func:`worker_gpus`) or, on the CPU, given an equal share of its threads. A worker takes one (table, seed)
+    pair (:func:`table_units`) at a time, and only a pair none of whose missing runs another worker is training,
+    so no worker waits on another's run; the registry's locks
     (:func:`castlib.engine.runs.claim`) keep a run from being trained twice all the same. A worker's error
     ends the command once the other workers' current pairs finish (their runs are kept); the command killed, its
     workers end with it (:func:`worker_pool`) and a rerun resumes their runs."""
     import concurrent.futures as cf
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CastError(f"--jobs {jobs} under torchrun: give the GPUs either to the runs (torchrun, --jobs 1) or to "
+                        "the workers (--jobs J without torchrun), not both")
+    gpus = worker_gpus(cfg, jobs)
     stages.check_data(cfg, "knowledge_transfer")  # the data ready before planning reads its digests
     pending, running = table_units(cfg, numbers), {}
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with worker_pool(jobs) as pool:
+    with worker_pool(jobs, gpus) as pool:
         while pending or running:
             busy = set().union(*running.values())
             for unit in list(pending):
