@@ -29,6 +29,17 @@ def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if not g["name"].endswith("_no_decay")}
 
 
+def optimization_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loss: torch.Tensor,
+                      grad_clip: float | None) -> torch.Tensor | None:
+    """Back-propagate ``loss``, clip, step the optimiser and the schedule; returns the gradient norm (or None)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = clip_gradients(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return grad_norm
+
+
 def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
           iterations: int, step_factory: Callable[[int], StepFn], *, grad_clip: float | None = None,
           checkpoint_every: int = 500, log_every: int = 10, extra_state: Mapping[str, Any] | None = None,
@@ -55,11 +66,7 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
         lrs = learning_rates(optimizer)
         started = time.perf_counter()
         losses = step(it)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        grad_norm = clip_gradients(model.parameters(), grad_clip)
-        optimizer.step()
-        scheduler.step()
+        grad_norm = optimization_step(model, optimizer, scheduler, losses["loss"], grad_clip)
         timing = {"iterations": timing["iterations"] + 1, "seconds": timing["seconds"] + time.perf_counter() - started}
         values = {k: all_reduce_mean(torch.as_tensor(v, dtype=torch.float32, device=ctx.device), ctx).item()
                   for k, v in losses.items()}
