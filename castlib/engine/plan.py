@@ -574,54 +574,71 @@ def measurement_problem(cfg: Config, gpu: str | None) -> str | None:
     return None
 
 
-def measure_step_times(cfg: Config, steps: int = 3, needed: Iterable[str] = ()) -> dict[str, float]:
-    """Time the training step of each stage whose :func:`timing_key` is in ``needed`` and that
-    :func:`castlib.engine.stages.training` builds (:data:`MEASURABLE_STAGES`): one untimed step, then the median
-    of ``steps`` timed ones (forward, backward and optimiser step of the stage's own objective on its real batch
-    streams; evaluation left out), and one image's inference at the evaluation size of each model those stages
-    train (``inference/<which>[/<backbone>]``). Random weights (``model.pretrained=false``); D_u's own annotations
-    stand in for pseudo-labels. Nothing is written but the dataset (a synthetic set is drawn if missing)."""
+def stage_training(cfg: Config, key: str, ctx, iterations: int):
+    """``(config, model, role, training)``: the :class:`castlib.engine.stages.Training` of the stage that the
+    :func:`timing_key` ``key`` names (one of :data:`MEASURABLE_STAGES`), built as the stage builds it but with
+    random weights (``model.pretrained=false``, no stand-in) and D_u's own annotations standing in for
+    pseudo-labels, with the config, model and role (``teacher`` / ``student``) it was built from. The dataset is
+    made ready (a synthetic set is drawn if missing); no run is written."""
     from castlib.data.loaders import dataset_root
-    from castlib.engine import distributed as D
     from castlib.engine import stages
-    from castlib.engine.loop import optimization_step
-    from castlib.eval.efficiency import measure_efficiency
     from castlib.models import build_model
+
+    stage, _, backbone = key.partition("/")
+    if stage not in MEASURABLE_STAGES:
+        raise ValueError(f"{key}: only {', '.join(MEASURABLE_STAGES)} are built by stages.training")
+    short = copy.deepcopy(cfg)
+    short.model.pretrained = short.model.stand_in = False
+    if backbone:
+        short.model.student_backbone = backbone
+    role = "teacher" if stage.startswith("teacher") else "student"
+    t = short.train
+    section = {"teacher_finetune": t.teacher, "teacher_self_training": t.teacher, "knowledge_transfer": t.student,
+               "student_refinement": Config({**t.student, "batch_size": t.refinement.batch_size}),
+               "supervised_student": t.student}[stage]
+    stages.check_data(short, stage, ctx)
+    stages._seed_everything(short.seed)
+    model = build_model(short, role, len(CLASS_LISTS[short.data.dataset])).to(ctx.device)
+    unlabelled = stage in ("teacher_self_training", "knowledge_transfer")
+    parts = stages.training(short, ctx, model, stage, role, iterations, dataset_root(short) if unlabelled else None,
+                            stage in ("teacher_finetune", "teacher_self_training", "knowledge_transfer"),
+                            short.seed, section)
+    return short, model, role, parts
+
+
+def timed_steps(parts, steps: int, device: torch.device) -> list[float]:
+    """Seconds of ``steps`` training steps (forward, backward, optimiser and schedule step, as
+    :func:`castlib.engine.loop.train` runs them) after one untimed one."""
+    from castlib.engine.loop import optimization_step
+
+    step = parts.step_factory(0)
+    parts.objective.train()
+    seconds = []
+    for iteration in range(steps + 1):
+        _synchronize(device)
+        started = time.perf_counter()
+        losses = step(iteration)
+        optimization_step(parts.objective, parts.optimizer, parts.scheduler, losses["loss"], parts.grad_clip)
+        _synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    return seconds[1:]
+
+
+def measure_step_times(cfg: Config, steps: int = 3, needed: Iterable[str] = ()) -> dict[str, float]:
+    """The median of ``steps`` timed training steps (:func:`timed_steps`, evaluation left out) of each stage whose
+    :func:`timing_key` is in ``needed`` and that :func:`stage_training` builds, and one image's inference at the
+    evaluation size of each model those stages train (``inference/<which>[/<backbone>]``, median of ``steps``).
+    Nothing is written but the dataset."""
+    from castlib.engine import distributed as D
+    from castlib.eval.efficiency import measure_efficiency
 
     timed: dict[str, float] = {}
     ctx = D.init(cfg.device)
     for key in sorted(set(needed)):
-        stage, _, backbone = key.partition("/")
-        if stage not in MEASURABLE_STAGES:
+        if key.partition("/")[0] not in MEASURABLE_STAGES:
             continue
-        short = copy.deepcopy(cfg)
-        short.model.pretrained = short.model.stand_in = False
-        if backbone:
-            short.model.student_backbone = backbone
-        role = "teacher" if stage.startswith("teacher") else "student"
-        t = short.train
-        section = {"teacher_finetune": t.teacher, "teacher_self_training": t.teacher, "knowledge_transfer": t.student,
-                   "student_refinement": Config({**t.student, "batch_size": t.refinement.batch_size}),
-                   "supervised_student": t.student}[stage]
-        stages.check_data(short, stage, ctx)
-        stages._seed_everything(short.seed)
-        model = build_model(short, role, len(CLASS_LISTS[short.data.dataset])).to(ctx.device)
-        unlabelled = stage in ("teacher_self_training", "knowledge_transfer")
-        parts = stages.training(short, ctx, model, stage, role, steps + 1,
-                                dataset_root(short) if unlabelled else None,
-                                stage in ("teacher_finetune", "teacher_self_training", "knowledge_transfer"),
-                                short.seed, section)
-        step = parts.step_factory(0)
-        parts.objective.train()
-        seconds = []
-        for iteration in range(steps + 1):
-            _synchronize(ctx.device)
-            started = time.perf_counter()
-            losses = step(iteration)
-            optimization_step(parts.objective, parts.optimizer, parts.scheduler, losses["loss"], parts.grad_clip)
-            _synchronize(ctx.device)
-            seconds.append(time.perf_counter() - started)
-        timed[key] = statistics.median(seconds[1:])
+        short, model, role, parts = stage_training(cfg, key, ctx, steps + 1)
+        timed[key] = statistics.median(timed_steps(parts, steps, ctx.device))
         inference = _inference_key(short, role)
         if inference not in timed:
             size = _resized(image_counts(short).size, short.augment.eval_short_side)
