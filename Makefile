@@ -17,7 +17,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 # smoke writes the committed results/{tables,figures}; another profile its own folder (results/mini/...)
 RESULTS ?= $(if $(filter smoke,$(PROFILE)),results,results/$(PROFILE))
 
-.PHONY: setup test test-slow test-all reproduce bench lint notebooks clean
+.PHONY: setup test test-slow test-all reproduce bench gpu-check lint notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ reproduce: setup
 ## bench: speed and memory benchmarks; ratios written to results/benchmarks/
 bench: setup
 	$(PY) -m benchmarks --out $(RESULTS)/benchmarks
+
+## gpu-check: the paper path on one GPU in under 10 minutes (random weights, synthetic 1024x2048 images):
+## step times and memory, FPS, L_pxl fast vs reference, every stage for 2 iterations -> results/benchmarks/gpu_check.json
+## (without CUDA: the same parts at smoke sizes)
+gpu-check: setup
+	$(PY) -m benchmarks.gpu_check --out results/benchmarks
 
 ## lint: ruff over the package, tests, benchmarks and notebooks
 lint: setup

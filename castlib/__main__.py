@@ -156,43 +156,53 @@ def cmd_table(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from castlib.engine.plan import estimated_seconds, measure_step_times, plan_frame, planning, registry_step_times
+    from castlib.engine import plan as P
     from castlib.engine.runs import runs_dir
-    from castlib.report.ablations import build_table
 
     cfg = config_from_args(args)
-    if args.tables is None:  # Table 8 varies the Cityscapes label fraction
-        args.tables = [3, 4, 5, 6, 7] + ([8] if cfg.data.dataset == "cityscapes" else [])
-    with planning() as plan:
-        for number in args.tables:
-            with plan.requested_by(f"Table {number}"):
-                build_table(cfg, number, train=False)
-    step_times = registry_step_times(runs_dir(cfg), cfg.profile, cfg.data.dataset)
-    source = f"timed by complete {cfg.profile} {cfg.data.dataset} runs in {runs_dir(cfg)}"
+    if args.measure_steps < 0 or args.gpus < 1:
+        raise CastError("--measure-steps takes N >= 0 and --gpus N >= 1")
+    tables = args.tables or P.default_tables(cfg)
+    plan = P.plan_tables(cfg, tables)
+    measured = P.registry_step_times(runs_dir(cfg), cfg.profile, cfg.data.dataset)
+    notes = [f"logged by complete {cfg.profile} {cfg.data.dataset} runs in {runs_dir(cfg)}: "
+             f"{', '.join(sorted(measured)) or 'none'}"]
     if args.measure_steps:
-        untimed = {planned.timing for planned in plan.runs.values()
-                   if not planned.complete and planned.timing not in step_times}
-        step_times = measure_step_times(cfg, args.measure_steps, untimed) | step_times
-        source += f", else measured by {args.measure_steps}-step runs in {runs_dir(cfg) / 'step_time'}"
-    frame = plan_frame(plan, step_times)
-    with pd.option_context("display.width", 200, "display.max_colwidth", 60, "display.max_rows", None):
+        problem = P.measurement_problem(cfg, args.gpu_type)
+        if problem:
+            notes.append(f"not timed here: {problem}")
+        else:
+            needed = {planned.timing for planned in plan.runs.values()
+                      if not planned.complete and planned.timing not in measured}
+            timed = P.measure_step_times(cfg, args.measure_steps, needed)
+            measured = timed | measured
+            notes.append(f"timed here ({args.measure_steps} steps after 1 untimed, no run written): "
+                         f"{', '.join(f'{k} {v:.4g} s' for k, v in sorted(timed.items()))}")
+    gpu = P.gpu_type(args.gpu_type or P.local_gpu_type(),
+                     P.DEFAULT_UTILISATION if args.utilisation is None else args.utilisation)
+    frame = P.cost_frame(plan, P.Costs(gpu, measured))
+    with pd.option_context("display.width", 250, "display.max_colwidth", 60, "display.max_rows", None):
         print(frame.drop(columns="needed by").to_string(index=False, float_format=lambda s: f"{s:.4g}"))
-    todo = frame[~frame.complete]
-    unknown = sorted({planned.timing for planned in plan.runs.values()
-                      if estimated_seconds(planned, step_times) is None})
-    print(f"\ntables {' '.join(map(str, args.tables))}, profile {cfg.profile}, dataset {cfg.data.dataset}, "
-          f"seeds {list(cfg.seeds)}: {len(frame)} runs, {int(frame.shared.sum())} shared by several tables, "
-          f"{int(frame.complete.sum())} complete, {len(todo)} to run")
-    print(f"estimated compute: {todo['estimated s'].sum() / 3600:.2f} h ({todo['estimated s'].sum():.0f} s of training "
-          "steps and pseudo-labelling; each training run's evaluation comes on top)"
-          + (f" plus stages without a step time: {', '.join(unknown)} (use --measure-steps N)" if unknown else ""))
+        todo = frame[~frame.complete]
+        print(f"\ntables {' '.join(map(str, tables))}, profile {cfg.profile}, dataset {cfg.data.dataset}, "
+              f"seeds {list(cfg.seeds)}: {len(frame)} runs, {int(frame.shared.sum())} shared by several tables, "
+              f"{int(frame.complete.sum())} complete, {len(todo)} to run")
+        print(f"\ncost per table (a shared run counts in each table, once in the total; GPU h: one device; "
+              f"wall h: GPU h / {args.gpus}, the {args.gpus} GPUs kept busy at linear scaling):")
+        print(P.table_costs(frame, args.gpus).to_string(index=False, float_format=lambda s: f"{s:.4g}"))
+    print(f"estimated compute: {todo['estimated s'].sum() / 3600:.2f} GPU h of training steps, evaluation and "
+          f"pseudo-labelling; disk {frame['disk GB'].sum():.1f} GB when every run is complete")
+    print(f"estimated: FLOPs of one training step (forward + backward of the trainable parameters, + L_pxl's strong "
+          f"encoder pass; matrix products and convolutions only) or one inference, on {gpu.name} at "
+          f"{gpu.utilisation:.0%} of its {gpu.peak_tflops:g} TFLOP/s (bf16 dense); models built with random weights "
+          "from the config (--gpu-type, --utilisation)")
     spent = frame["spent s"].sum()
     print(f"compute spent by the {int(frame.complete.sum())} complete runs: {spent / 3600:.2f} h ({spent:.0f} s; "
           "training time, or run time for stages that train nothing)")
-    print("step time (s per iteration, per backbone where it varies; teacher_init and pseudo_labels: s per run) "
-          + source + ":")
-    for stage, seconds in sorted(step_times.items()):
-        print(f"  {stage}: {seconds:.4g}")
+    print("measured (s per iteration, per backbone where it varies; teacher_init and pseudo_labels: s per run; "
+          "inference: s per image):")
+    for note in notes:
+        print(f"  {note}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -344,7 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", type=int, nargs="+", choices=range(3, 9), metavar="N",
                    help="default: 3-8 (3-7 on ADE20K)")
     p.add_argument("--measure-steps", type=int, default=0, metavar="N",
-                   help="time stages no complete run has logged by training N steps each into <runs_dir>/step_time")
+                   help="time N training steps of each stage no complete run has logged (no evaluation, no run "
+                        "written; random weights); not on the CPU for the paper profile")
+    p.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs the wall time is divided by (default 1)")
+    p.add_argument("--gpu-type", help="the GPU of the FLOPs estimates (default: this machine's CUDA device where "
+                                      "known, else A100): A100, H100, H200, L40S, V100")
+    p.add_argument("--utilisation", type=float,
+                   help="share of the GPU's peak bf16 FLOP/s that the estimates assume (default 0.35)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("evaluate", help="evaluate a finished run; writes metrics.json into its folder")

@@ -39,6 +39,19 @@ def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups if not g["name"].endswith("_no_decay")}
 
 
+def optimization_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                      forwards: Losses | Iterable[tuple[Losses, float]], ctx: Context,
+                      grad_clip: float | None) -> tuple[dict[str, float], torch.Tensor | None]:
+    """One optimiser step from a step's ``forwards`` (:func:`_accumulate`): back-propagate, clip, step the
+    optimiser and the schedule. Returns the logged values and the gradient norm (or None)."""
+    optimizer.zero_grad(set_to_none=True)
+    values = _accumulate(forwards, ctx)
+    grad_norm = clip_gradients(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return values, grad_norm
+
+
 def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
           iterations: int, step_factory: Callable[[int], StepFn], *, grad_clip: float | None = None,
           checkpoint_every: int = 500, log_every: int = 10, extra_state: Mapping[str, Any] | None = None,
@@ -65,11 +78,7 @@ def train(run: Run, ctx: Context, model: nn.Module, optimizer: torch.optim.Optim
     for it in range(start, iterations):
         lrs = learning_rates(optimizer)
         started = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        values = _accumulate(step(it), ctx)
-        grad_norm = clip_gradients(model.parameters(), grad_clip)
-        optimizer.step()
-        scheduler.step()
+        values, grad_norm = optimization_step(model, optimizer, scheduler, step(it), ctx, grad_clip)
         timing = {"iterations": timing["iterations"] + 1, "seconds": timing["seconds"] + time.perf_counter() - started}
         if grad_norm is not None:
             values["grad_norm"] = float(grad_norm)

@@ -21,8 +21,10 @@ writes the files.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -190,7 +192,7 @@ def _start(cfg: Config, stage: str, inputs: Mapping[str, Run], seed: int, **opti
     if plan is not None:  # planning mode: the run id alone, nothing prepared or written
         run = create_run(cfg, stage, stage_config(cfg, stage, **options), inputs, seed, write=False,
                          check_inputs=False, data=input_digests(cfg, stage))
-        plan.record(cfg, run, stage, seed)
+        plan.record(cfg, run, stage, seed, options)
         return run, ctx
     check_data(cfg, stage, ctx)
     run = create_run(cfg, stage, stage_config(cfg, stage, **options), inputs, seed, write=ctx.is_main,
@@ -451,11 +453,24 @@ def _batch_layout(stage: str, section: Config, two_parts: bool) -> tuple[int, in
     return batch // parts, max(1, micro // parts) if micro else 0
 
 
-def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, iterations: int,
-         labels: Run | None, contrastive: bool, seed: int, section: Config,
-         labelled: InstanceDataset | None = None) -> Run:
-    """Build the objective, optimiser, schedule and batch streams of a training stage, train, finish.
-    ``labelled``: the labelled images (default: D_l of the config's split)."""
+@dataclass
+class Training:
+    """What the training loop of a stage runs (:func:`castlib.engine.loop.train`'s arguments): the objective,
+    optimiser, schedule, ``step_factory`` and gradient clipping, and the state checkpointed besides them."""
+
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step_factory: Callable
+    grad_clip: float
+    extra_state: dict
+
+
+def training(cfg: Config, ctx: D.Context, model, stage: str, role: str, iterations: int, labels_dir: Path | None,
+             contrastive: bool, seed: int, section: Config, labelled: InstanceDataset | None = None) -> Training:
+    """The objective, optimiser, schedule and batch streams of a training stage. ``labels_dir``: the
+    pseudo-labels of D_u (None: D_l alone); ``labelled``: the labelled images (default: D_l of the config's split).
+    :func:`castlib.engine.plan.measure_step_times` times a few of these steps."""
     merged = _contrastive_section(cfg, stage, section)
     options = contrastive_options(merged)
     bank = None
@@ -463,18 +478,18 @@ def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, it
         bank = MemoryBank(merged["bank_size"], merged["bank_push"])
     criterion = None if role == "teacher" else SetCriterion.from_config(cfg.loss, _num_classes(cfg)).to(ctx.device)
     objective = Objective(model, "teacher" if role == "teacher" else "criterion", criterion,
-                          semi_weight=section.semi_weight if labels is not None else 0.0,
+                          semi_weight=section.semi_weight if labels_dir is not None else 0.0,
                           contrastive=options if contrastive else None,
                           contrastive_weight=section.contrastive_weight, bank=bank)
     network = DistributedDataParallel(objective, find_unused_parameters=True) if ctx.distributed else objective
     optimizer = _optimizer(model, role, section)
     scheduler = _scheduler(optimizer, section, iterations)
-    per_part, micro = _batch_layout(stage, section, two_parts=labels is not None)
+    per_part, micro = _batch_layout(stage, section, two_parts=labels_dir is not None)
     forwards = split_batch(per_part, ctx.world, ctx.rank, micro)
     labelled = labelled_dataset(cfg, strong=contrastive) if labelled is None else labelled
     unlabelled = None
-    if labels is not None:
-        unlabelled = unlabelled_dataset(cfg, strong=contrastive, annotation_root=labels.pseudo_label_dir)
+    if labels_dir is not None:
+        unlabelled = unlabelled_dataset(cfg, strong=contrastive, annotation_root=labels_dir)
 
     def step_factory(start: int):
         streams = [batch_stream(labelled, per_part, seed, start, cfg.data.num_workers, ctx.rank, ctx.world, micro)]
@@ -495,10 +510,19 @@ def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, it
 
         return step
 
-    summary = train(run, ctx, objective, optimizer, scheduler, iterations, step_factory,
-                    grad_clip=section.get("grad_clip", 0.0), checkpoint_every=cfg.train.checkpoint_every,
-                    log_every=cfg.train.log_every, extra_state={"bank": bank} if bank is not None else None,
-                    desc=f"{stage} {run.id}")
+    return Training(objective, optimizer, scheduler, step_factory, section.get("grad_clip", 0.0),
+                    {"bank": bank} if bank is not None else {})
+
+
+def _fit(cfg: Config, run: Run, ctx: D.Context, model, stage: str, role: str, iterations: int,
+         labels: Run | None, contrastive: bool, seed: int, section: Config,
+         labelled: InstanceDataset | None = None) -> Run:
+    """Train a stage (:func:`training` with ``labels``' pseudo-labels), finish."""
+    parts = training(cfg, ctx, model, stage, role, iterations, None if labels is None else labels.pseudo_label_dir,
+                     contrastive, seed, section, labelled)
+    summary = train(run, ctx, parts.objective, parts.optimizer, parts.scheduler, iterations, parts.step_factory,
+                    grad_clip=parts.grad_clip, checkpoint_every=cfg.train.checkpoint_every,
+                    log_every=cfg.train.log_every, extra_state=parts.extra_state or None, desc=f"{stage} {run.id}")
     return _finish(run, ctx, cfg, model, {"iterations": iterations, **summary})
 
 

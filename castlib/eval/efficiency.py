@@ -220,3 +220,79 @@ def teacher_vs_student(cfg, teacher_dir: str | Path | None = None, student_dir: 
               for column in ("params_M", "GFLOPs", "latency_ms", "fps", "peak_memory_mb")
               if table.loc["teacher", column] and table.loc["student", column] is not None}
     return pd.concat([table.astype(object), pd.DataFrame([change], index=["student vs teacher"])])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLOPs and parameters without running the model (``python -m castlib plan``'s estimates).
+
+def _skip_tensor_checks() -> contextlib.ExitStack:
+    """transformers' ``torch_compilable_check`` reads tensor values (e.g. Grounding DINO's deformable attention
+    checks its level shapes); on shape-only tensors there are none, so the checks are skipped while counting."""
+    import sys
+
+    stack = contextlib.ExitStack()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("transformers.") and hasattr(module, "torch_compilable_check"):
+            original = module.torch_compilable_check
+            module.torch_compilable_check = lambda *args, **kwargs: None
+            stack.callback(setattr, module, "torch_compilable_check", original)
+    return stack
+
+
+def shape_only(build) -> nn.Module:
+    """The model ``build()`` makes, with parameters that hold no values: built on the meta device (no
+    initialisation), then given uninitialised CPU storage, in eval mode. Good for shapes and FLOPs only."""
+    with torch.device("meta"):
+        model = build()
+    return model.to_empty(device="cpu").eval()
+
+
+@dataclass
+class StepFlops:
+    """FLOPs of one image through a model: ``forward``, the ``backward`` of its trainable parameters (and what
+    leads to them), and ``encode`` (the encoder pass alone: L_pxl's strong view, no gradient)."""
+
+    forward: int
+    backward: int
+    encode: int
+
+    def training(self, contrastive: bool) -> int:
+        """One training image: forward + backward (+ the strong view's encoder pass with L_pxl)."""
+        return self.forward + self.backward + (self.encode if contrastive else 0)
+
+
+def count_flops(model: nn.Module, input_size: Sequence[int], backward: bool = True, encode: bool = True,
+                batch_size: int = 1) -> StepFlops:
+    """FLOPs (a multiply-add is 2) of ``model`` on a ``batch_size`` of ``input_size`` images, counted by
+    ``FlopCounterMode`` on fake tensors (shapes only: a 560M model at 1024x2048 in seconds, no memory for
+    activations; attention through its math kernel so that it is counted). The backward pass differentiates the
+    sum of the outputs with respect to the trainable parameters, so frozen encoders cost no backward. Counted
+    per image (divided by ``batch_size``). Element-wise operators, interpolation and ``grid_sample`` are not
+    counted, nor any loss (matching, point sampling, L_pxl): matrix products and convolutions only."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    height, width = (int(v) for v in input_size)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with _skip_tensor_checks(), FakeTensorMode(allow_non_fake_inputs=True), sdpa_kernel(SDPBackend.MATH):
+        images = torch.rand(batch_size, 3, height, width)
+        forward, backward, encoded = (FlopCounterMode(display=False) for _ in range(3))
+        with forward:
+            output = model(images)
+        if backward and trainable:
+            parts = [t for t in (output.class_logits, output.mask_logits, output.features)
+                     if t is not None and t.requires_grad]
+            with backward:
+                torch.autograd.grad(sum(t.float().sum() for t in parts), trainable, allow_unused=True)
+        if encode and hasattr(model, "encode"):
+            with encoded, torch.no_grad():
+                model.encode(images)
+    return StepFlops(*(int(c.get_total_flops()) // batch_size for c in (forward, backward, encoded)))
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters (all, trainable) and persistent buffers of ``model``, counted (works on the meta device)."""
+    params = dict(model.named_parameters())
+    return {"params": sum(p.numel() for p in params.values()),
+            "trainable": sum(p.numel() for p in params.values() if p.requires_grad),
+            "buffers": sum(t.numel() for name, t in model.state_dict().items() if name not in params)}
