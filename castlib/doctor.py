@@ -20,10 +20,6 @@ from castlib.config import PAPER_PROFILES, Config
 from castlib.errors import CastError, DeviceError
 
 PACKAGES = ("torch", "torchvision", "transformers", "pycocotools", "cityscapesscripts")
-# Rough floors of free disk under runs_dir per profile: smoke and mini keep a few MB to GB of tiny
-# checkpoints; a paper run keeps Swin-L / Hiera-L / DINOv2 checkpoints with optimiser state per stage.
-MIN_FREE_GIB = {"smoke": 1.0, "mini": 5.0, "paper": 100.0}
-TABLES = (3, 4, 5, 6, 7, 8)  # the supplementary tables the kit builds; Table 8 is Cityscapes-only
 
 # The Linux x86_64 NVIDIA driver each CUDA toolkit release ships with and needs, by (major, minor): NVIDIA CUDA
 # Toolkit Release Notes, table "CUDA Toolkit and Corresponding Driver Versions" (the GA release of each toolkit;
@@ -154,7 +150,7 @@ def dataset(cfg: Config) -> Iterator[Finding]:
                       "python -m castlib prepare --force" if problem else "")
 
 
-def needed_weights(cfg: Config, tables: Sequence[int] = TABLES) -> dict[str, list[int]]:
+def needed_weights(cfg: Config, tables: Sequence[int]) -> dict[str, list[int]]:
     """The config keys of the pretrained weights ``tables`` need, each with the tables that need it: every table
     trains the CAST teacher (detector, segmenter) and student (``model.student_backbone``); Table 8 also Guided
     Distillation on each of its backbones (ResNet-50, DINOv2-B, DINOv2-L)."""
@@ -207,7 +203,7 @@ def weight_status(key: str, source: str) -> tuple[bool, str, str]:
     return True, f"{source} is in the local cache", ""
 
 
-def weights(cfg: Config, tables: Sequence[int] = TABLES) -> Iterator[Finding]:
+def weights(cfg: Config, tables: Sequence[int]) -> Iterator[Finding]:
     """Whether every pretrained weight the ``tables`` need (:func:`needed_weights`) is in the local caches."""
     if not cfg.model.pretrained:
         yield Finding("weights", f"profile {cfg.profile}: model.pretrained=false, no pretrained weights needed")
@@ -218,13 +214,15 @@ def weights(cfg: Config, tables: Sequence[int] = TABLES) -> Iterator[Finding]:
         yield Finding("weights", f"{key}: {text}{needed}", not found, fix)
 
 
-def disk_need_gib(cfg: Config, tables: Sequence[int] = TABLES) -> float:
-    """GiB of free disk under runs_dir that the ``tables`` need: today the profile's floor (:data:`MIN_FREE_GIB`),
-    to be replaced by the plan's disk estimate of those tables (castlib.engine.plan)."""
-    return MIN_FREE_GIB.get(cfg.profile, MIN_FREE_GIB["paper"])
+def disk_need_gib(cfg: Config, tables: Sequence[int]) -> float:
+    """GiB of free disk under runs_dir that the ``tables`` need: what their runs not yet complete will write
+    (:func:`castlib.engine.plan.disk_need`, from each run's checkpoints, model, predictions and pseudo-labels)."""
+    from castlib.engine.plan import disk_need
+
+    return disk_need(cfg, tables) / 2**30
 
 
-def disk(cfg: Config, tables: Sequence[int] = TABLES) -> Iterator[Finding]:
+def disk(cfg: Config, tables: Sequence[int]) -> Iterator[Finding]:
     """Free disk where the runs are written, against :func:`disk_need_gib`."""
     from castlib.engine.runs import runs_dir
 
@@ -233,17 +231,14 @@ def disk(cfg: Config, tables: Sequence[int] = TABLES) -> Iterator[Finding]:
     free = shutil.disk_usage(existing).free / 2**30
     need = disk_need_gib(cfg, tables)
     yield Finding("disk", f"{free:.1f} GiB free under {existing} (runs_dir {folder}; profile {cfg.profile}, tables "
-                          f"{' '.join(map(str, tables))} want >= {need:g} GiB)", free < need,
+                          f"{' '.join(map(str, tables))} want >= {need:.1f} GiB)", free < need,
                   "free some space or set runs_dir to a larger disk")
-
-
-def default_tables(cfg: Config) -> list[int]:
-    """Tables 3-8 (3-7 on ADE20K: Table 8 varies the Cityscapes label fraction)."""
-    return [n for n in TABLES if n != 8 or cfg.data.dataset == "cityscapes"]
 
 
 def diagnose(cfg: Config, tables: Sequence[int] | None = None) -> list[Finding]:
     """Every check, in the order they are printed, for ``tables`` (default :func:`default_tables`)."""
+    from castlib.engine.plan import default_tables
+
     tables = default_tables(cfg) if tables is None else list(tables)
     return [*environment(), *device(cfg), *dataset(cfg), *weights(cfg, tables), *disk(cfg, tables)]
 
