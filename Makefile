@@ -9,6 +9,12 @@ JOBS ?= 1
 # NPROC > 1: the training commands run under torchrun on NPROC processes (GPUs) of this machine, each run's global
 # batch split over them (DESIGN 9); give the GPUs either to torchrun (NPROC) or to table workers (JOBS), not both
 NPROC ?= 1
+# the paper profile's real datasets (README "On a GPU box"); DEVICE=cpu runs paper on the CPU on purpose
+CITYSCAPES_ROOT ?=
+ADE20K_ROOT ?=
+DEVICE ?=
+DEVICE_ARGS := $(if $(DEVICE),--set device=$(DEVICE))
+CITYSCAPES_ARGS := $(if $(CITYSCAPES_ROOT),--data-root "$(CITYSCAPES_ROOT)") $(DEVICE_ARGS)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -45,11 +51,18 @@ test-all: setup
 ## (RESULTS: results on smoke, results/PROFILE otherwise); the tables' runs train first, JOBS processes at a time,
 ## or each on NPROC processes under torchrun (`make reproduce PROFILE=paper NPROC=8`)
 reproduce: setup
-	for d in $(DATASETS); do $(PY) -m castlib prepare --profile $(PROFILE) --dataset $$d || exit 1; done
-	for d in $(DATASETS); do $(TRAIN_PY) -m castlib train --profile $(PROFILE) --dataset $$d --stage cast || exit 1; done
-	$(TRAIN_PY) -m castlib table $(TABLES) --profile $(PROFILE) --jobs $(JOBS) --out $(RESULTS)/tables
-	$(PY) -m castlib efficiency --profile $(PROFILE) --dataset cityscapes --out $(RESULTS)/efficiency
-	$(PY) -m castlib notebooks --profile $(PROFILE) --results $(RESULTS) $(NOTEBOOKS) --tables $(TABLES)
+	for d in $(DATASETS); do \
+	  root=$$(if [ $$d = cityscapes ]; then echo "$(CITYSCAPES_ROOT)"; else echo "$(ADE20K_ROOT)"; fi); \
+	  $(PY) -m castlib prepare --profile $(PROFILE) --dataset $$d $${root:+--data-root "$$root"} $(DEVICE_ARGS) || exit 1; \
+	done
+	for d in $(DATASETS); do \
+	  root=$$(if [ $$d = cityscapes ]; then echo "$(CITYSCAPES_ROOT)"; else echo "$(ADE20K_ROOT)"; fi); \
+	  $(TRAIN_PY) -m castlib train --profile $(PROFILE) --dataset $$d $${root:+--data-root "$$root"} $(DEVICE_ARGS) \
+	    --stage cast || exit 1; \
+	done
+	$(TRAIN_PY) -m castlib table $(TABLES) --profile $(PROFILE) $(CITYSCAPES_ARGS) --jobs $(JOBS) --out $(RESULTS)/tables
+	$(PY) -m castlib efficiency --profile $(PROFILE) --dataset cityscapes $(CITYSCAPES_ARGS) --out $(RESULTS)/efficiency
+	$(PY) -m castlib notebooks --profile $(PROFILE) $(CITYSCAPES_ARGS) --results $(RESULTS) $(NOTEBOOKS) --tables $(TABLES)
 
 ## bench: speed and memory benchmarks; ratios written to results/benchmarks/
 bench: setup

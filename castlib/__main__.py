@@ -81,7 +81,8 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
     for source in check_sources(args.sources) or notebook_sources():
         print(f"running {source} (profile {args.profile}) ...", flush=True)
         done = run_notebook(source, executed, profile=args.profile, tables=args.tables,
-                            tables_dir=str(results / "tables"), figures_dir=str(results / "figures"))
+                            tables_dir=str(results / "tables"), figures_dir=str(results / "figures"),
+                            data_root=args.data_root or "", overrides=list(args.overrides))
         print(f"  -> {done}")
 
 
@@ -402,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for executed notebooks and their records (default: RESULTS/notebooks)")
     p.add_argument("--tables", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8], choices=range(3, 9), metavar="N",
                    help="the supplementary tables the notebooks build (default: 3 ... 8)")
+    p.add_argument("--data-root", help="a real Cityscapes root (the notebooks' data_root parameter)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every notebook (their overrides parameter), e.g. device=cpu")
     p.set_defaults(func=cmd_notebooks)
 
     p = sub.add_parser("doctor", help="check versions, the device, the dataset, split files, weights and disk of "
