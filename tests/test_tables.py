@@ -170,9 +170,12 @@ def test_plan_lists_shared_and_complete_runs_and_trains_nothing(cfg, built, caps
         assert row.complete and row.shared and row.tables == "Table 4, Table 8", name
     hinge = built["tables"][4].set_index("variant").loc["hinge", "runs"].split()
     assert frame.loc[hinge[-1]].complete and not frame.loc[hinge[-1]].shared
+    # the stand-ins and the zero-shot teacher (keyed on what it reads, not the label fraction) are shared, and built
     other_fractions = frame[frame["needed by"].str.contains("5% labels|30% labels")
-                            & ~frame.stage.str.startswith("pretrain")]  # the stand-ins are shared, and built
+                            & ~frame.stage.str.startswith("pretrain") & (frame.stage != "teacher_init")]
     assert len(other_fractions) and not other_fractions.complete.any()
+    zero_shot = frame[frame.stage == "teacher_init"]
+    assert zero_shot.complete.all() and zero_shot["needed by"].str.contains("5% labels").any()
     missing_training = other_fractions[other_fractions.iterations > 0]
     # step times from the complete runs' timing.json, per backbone where it varies: Table 3 trained Guided
     # Distillation on ResNet-50 only, so DINOv2-B/L's have none (not DINOv2-S's or ResNet-50's, several times less)

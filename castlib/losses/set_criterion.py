@@ -201,14 +201,16 @@ class SetCriterion(nn.Module):
                 target_classes[i, q.to(device)] = classes[i][t.to(device)]
             targets_per_layer.append(target_classes)
         # every layer matches as many queries, so one normaliser: the summed target weights of the last layer
-        class_norm = global_normaliser(self.class_weights[targets_per_layer[0]].sum())
+        # (the weighted mean times local / global weight: in one process the factor is exactly 1, so the loss is
+        # bit for bit the library's weighted mean)
+        local_weight = self.class_weights[targets_per_layer[0]].sum()
+        class_scale = local_weight.detach() / global_normaliser(local_weight)
         for layer, target_classes in enumerate(targets_per_layer):
             suffix = "" if layer == 0 else f"_{layer - 1}"
             terms[f"loss_mask{suffix}"] = bce[layer].sum() / num_masks
             terms[f"loss_dice{suffix}"] = dice[layer].sum() / num_masks
             terms[f"loss_cross_entropy{suffix}"] = F.cross_entropy(
-                class_logits[layer].transpose(1, 2), target_classes, weight=self.class_weights,
-                reduction="sum") / class_norm
+                class_logits[layer].transpose(1, 2), target_classes, weight=self.class_weights) * class_scale
         return terms
 
     def _check(self, output: SegmentationOutput, masks: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]):
