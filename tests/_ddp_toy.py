@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from castlib.engine import distributed as D
 from castlib.engine.batches import split_batch
 from castlib.engine.loop import _accumulate
+from castlib.global_batch import forward_share, global_normaliser
 
 ROWS = (1, 3, 2, 5, 1)  # rows per unit: uneven counts
 CASES = ((5, 0), (2, 0), (5, 1))  # (units of the global batch, micro_batch)
@@ -32,8 +33,8 @@ def one_step(rank: int, world: int, units: int, micro: int) -> dict:
             x = torch.cat([data[u][0] for u in forward.units])
             y = torch.cat([data[u][1] for u in forward.units])
             last = f == len(forwards) - 1
-            with D.forward_share(forward.share), network.no_sync() if world > 1 and not last else torch.enable_grad():
-                loss = (network(x) - y).pow(2).sum() / D.global_normaliser(torch.tensor(float(len(x))))
+            with forward_share(forward.share), network.no_sync() if world > 1 and not last else torch.enable_grad():
+                loss = (network(x) - y).pow(2).sum() / global_normaliser(torch.tensor(float(len(x))))
                 yield {"loss": loss}, forward.weight
 
     values = _accumulate(step(), ctx)

@@ -38,7 +38,7 @@ class Forward:
     ``units``: the global batch's unit indices it computes (a stand-in's are those of a real forward);
     ``weight``: its units' share of the global batch (0 for a stand-in), the factor of its loss in the step's
     total and of its logged values; ``share``: its units' share of its round (all processes' ``f``-th forwards),
-    the factor :func:`castlib.engine.distributed.global_normaliser` applies to the round's summed counts."""
+    the factor :func:`castlib.global_batch.global_normaliser` applies to the round's summed counts."""
 
     units: tuple[int, ...]
     weight: float

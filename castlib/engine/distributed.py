@@ -1,17 +1,12 @@
 """DistributedDataParallel under ``torchrun`` (DESIGN section 9): gloo on CPU, nccl on CUDA; rank 0
 alone writes files. Without torchrun's environment everything runs in one process.
 
-Loss normalisation: a loss normalised by a count of its batch (Mask2Former's masks, the weights of the
-class cross-entropy) takes the count from :func:`global_normaliser`, which sums it over the processes'
-forwards of the same round (:func:`castlib.engine.batches.split_batch`) and scales it by this forward's
-share: with the loop's weights the summed gradient is the one-process gradient of the global batch.
+Loss normalisation over the processes: :mod:`castlib.global_batch` (below the models and losses that use it).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -96,41 +91,6 @@ def all_reduce_sum(value: torch.Tensor, ctx: Context) -> torch.Tensor:
         value = value.detach().clone()
         dist.all_reduce(value)
     return value
-
-
-_SHARE: list[float] = []  # the share of the forward running now (forward_share), innermost last
-
-
-@contextmanager
-def forward_share(share: float) -> Iterator[None]:
-    """Within this block, losses normalise as one forward with ``share`` of its round's units (0: a stand-in
-    forward whose counts must not count)."""
-    _SHARE.append(share)
-    try:
-        yield
-    finally:
-        _SHARE.pop()
-
-
-def global_normaliser(count: torch.Tensor) -> torch.Tensor:
-    """The normaliser of a loss summed over this forward's items, from their ``count``: the count of the whole
-    round (summed over processes; a stand-in forward adds 0) times this forward's share, at least the share.
-    Then ``share``-weighted losses of a round add up to the loss of the round's images in one process.
-    Outside :func:`forward_share` (an evaluation, a step in the older one-forward form): Mask2Former's
-    normaliser, the count averaged over processes. Every process must call it equally often."""
-    count = count.detach().float()
-    if not _SHARE:
-        if dist.is_available() and dist.is_initialized():
-            count = count.clone()
-            dist.all_reduce(count)
-            count = count / dist.get_world_size()
-        return count.clamp(min=1)
-    share = _SHARE[-1]
-    count = count * (share > 0)
-    if dist.is_available() and dist.is_initialized():
-        count = count.clone()
-        dist.all_reduce(count)
-    return count.clamp(min=1) * (share if share > 0 else 1.0)
 
 
 def autocast(ctx: Context):

@@ -8,7 +8,7 @@ A step is one or more forwards (several processes, micro-batches: :func:`castlib
 each with a weight, its units' share of the global batch. Each forward's loss is back-propagated times
 ``weight * world`` (DDP averages gradients over the ``world`` processes, the factor undoes it), so the gradient
 the optimiser sees is the weight-sum of the forwards' gradients: with the losses' counts from
-:func:`castlib.engine.distributed.global_normaliser`, the one-process gradient of the global batch. Logged values
+:func:`castlib.global_batch.global_normaliser`, the one-process gradient of the global batch. Logged values
 are the weight-sums over every process's forwards.
 """
 

@@ -57,6 +57,7 @@ from castlib.engine.plan import STAGE_ITERATIONS, current_plan
 from castlib.engine.runs import Run, RunError, claim, create_run
 from castlib.errors import ConfigError, DataError
 from castlib.eval import eval_options, evaluate_model
+from castlib.global_batch import forward_share
 from castlib.io import write_json_atomic
 from castlib.losses import MemoryBank, SetCriterion, contrastive_options
 from castlib.models import build_model
@@ -504,7 +505,7 @@ def training(cfg: Config, ctx: D.Context, model, stage: str, role: str, iteratio
                 batches = [next(s).to(ctx.device) for s in streams]
                 last = f == len(forwards) - 1
                 with nullcontext() if last or not ctx.distributed else network.no_sync():
-                    with D.forward_share(forward.share), D.autocast(ctx):
+                    with forward_share(forward.share), D.autocast(ctx):
                         losses = network(*batches)
                     yield losses, forward.weight
 

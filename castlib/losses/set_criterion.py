@@ -15,7 +15,7 @@ oversampled and the random loss points), so under the same seed the loss equals 
 (``tests/test_losses_set_criterion.py``). :class:`SetCriterion` weights the terms (class 2, mask 5,
 dice 5), sums them, runs in float32 (scipy cannot take half precision; Mask2Former also computes
 its loss in float32). Its two normalisers, the mask count and the summed weights of the class
-cross-entropy's targets, come from :func:`castlib.engine.distributed.global_normaliser`: under DDP the
+cross-entropy's targets, come from :func:`castlib.global_batch.global_normaliser`: under DDP the
 processes' weighted losses add up to the loss of the whole global batch (with micro-batches, of each
 round), as Mask2Former's all-reduced mask count makes it for even shares (transformers averages it only
 under ``accelerate``).
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from castlib.engine.distributed import global_normaliser
+from castlib.global_batch import global_normaliser
 from castlib.models.output import SegmentationOutput
 
 _LAYER_SUFFIX = re.compile(r"_\d+$")

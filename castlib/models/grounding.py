@@ -30,7 +30,7 @@ from transformers.models.grounding_dino.modeling_grounding_dino import build_lab
 
 from castlib.config import Config
 from castlib.data.classes import CLASS_LISTS, ClassList
-from castlib.engine.distributed import global_normaliser
+from castlib.global_batch import global_normaliser
 
 # bert-base-uncased layout (pitfall G2): ids 0..103 and the ASCII symbols at 999.. are what the detector expects
 _BERT_HEAD = ["[PAD]", *(f"[unused{i}]" for i in range(99)), "[UNK]", "[CLS]", "[SEP]", "[MASK]",

@@ -20,7 +20,7 @@ from transformers import (
 from transformers.models.mask2former.modeling_mask2former import dice_loss, sigmoid_cross_entropy_loss
 
 from castlib.config import Config
-from castlib.engine.distributed import global_normaliser
+from castlib.global_batch import global_normaliser
 
 
 def sam2_config(spec: Config) -> Sam2Config:

@@ -31,8 +31,8 @@ from torchvision.ops import box_convert
 from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoTokenizer, Sam2Config, Sam2Model
 
 from castlib.config import Config
-from castlib.engine.distributed import global_normaliser
 from castlib.errors import ConfigError
+from castlib.global_batch import global_normaliser
 from castlib.models.base import SegmentationModel
 from castlib.models.geometry import normalize
 from castlib.models.grounding import (
