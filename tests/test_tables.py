@@ -147,7 +147,8 @@ def test_write_table_records_provenance_and_the_runs_of_each_row(built, tmp_path
     table = built["tables"][4]
     csv, md = write_table(table, tmp_path / "table4")
     header = [line for line in csv.read_text().splitlines() if line.startswith("# ")]
-    for key in ("profile: smoke", "dataset: cityscapes", "seeds: 0", "hardware:", "torch:", "commit:", "wall time:"):
+    for key in ("profile: smoke", "dataset: cityscapes", "data: synthetic set cityscapes-synthetic-", "seeds: 0",
+                "hardware:", "torch:", "commit:", "wall time:"):
         assert any(line.startswith(f"# {key}") for line in header), key
     back = pd.read_csv(csv, comment="#")
     assert list(back.variant) == list(table.variant) and list(back.runs) == list(table.runs)

@@ -30,6 +30,7 @@ import pandas as pd
 from castlib import paper
 from castlib.baselines.guided_distillation import guided_distillation
 from castlib.config import Config
+from castlib.data.loaders import describe_data
 from castlib.engine import stages
 from castlib.engine.plan import current_plan, planning, training_seconds
 from castlib.engine.runs import Run
@@ -140,7 +141,8 @@ def _table(rows: list[dict], cfg: Config, number: int, caption: str, notes: Sequ
     complete = [r for r in runs if r.complete]
     table.attrs.update({
         "number": number, "caption": caption, "notes": list(notes), "profile": cfg.profile,
-        "dataset": cfg.data.dataset, "seeds": list(cfg.seeds), "wall_time_s": round(time.perf_counter() - started, 1),
+        "dataset": cfg.data.dataset, "data": describe_data(cfg), "seeds": list(cfg.seeds),
+        "wall_time_s": round(time.perf_counter() - started, 1),
         "hardware": sorted({r.info["hardware"] for r in complete}),
         "run_commits": sorted({r.info["commit"] for r in complete}),
         "display_columns": [c for c in table.columns if not c.endswith((" mean", " std")) and c != "runs"],

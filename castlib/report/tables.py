@@ -63,10 +63,11 @@ def class_statistics(dataset: InstanceDataset) -> pd.DataFrame:
 
 
 def provenance(table: pd.DataFrame) -> dict[str, str]:
-    """Where a table came from: its builder's ``table.attrs`` (profile, dataset, seeds, wall time, the runs'
-    hardware and commits) and this process (torch version, commit, hardware where no run names one)."""
+    """Where a table came from: its builder's ``table.attrs`` (profile, dataset, the data it was read from:
+    synthetic or a real root, :func:`castlib.data.loaders.describe_data`; seeds, wall time, the runs' hardware and
+    commits) and this process (torch version, commit, hardware where no run names one)."""
     attrs = table.attrs
-    out = {key: str(attrs[key]) for key in ("profile", "dataset") if key in attrs}
+    out = {key: str(attrs[key]) for key in ("profile", "dataset", "data") if key in attrs}
     if "seeds" in attrs:
         out["seeds"] = " ".join(map(str, attrs["seeds"]))
     out["hardware"] = "; ".join(attrs.get("hardware") or [hardware()])
