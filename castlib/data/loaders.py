@@ -75,8 +75,9 @@ def synthetic_warning(cfg: Config) -> str | None:
 def data_record(cfg: Config) -> dict:
     """What a run's ``run.json`` records of its data: the source, and the synthetic set's name, image size and
     image counts, or the real root."""
-    if not is_synthetic(cfg):
-        return {"source": "real", "dataset": _dataset(cfg), "root": str(dataset_root(cfg))}
+    if not is_synthetic(cfg):  # no root yet (the plan costs runs without data): recorded as null
+        root = cfg.data.root
+        return {"source": "real", "dataset": _dataset(cfg), "root": None if root is None else str(dataset_root(cfg))}
     spec = synthetic_spec(cfg)
     size = f"{spec.height}x{spec.width}" if spec.format == "cityscapes" else f"shorter side {spec.height}"
     return {"source": "synthetic", "dataset": _dataset(cfg), "name": dataset_name(cfg), "image_size": size,
@@ -88,7 +89,7 @@ def describe_data(cfg: Config) -> str:
     (40 train / 10 val images, 128x256)`` or ``real cityscapes at /datasets/cityscapes``."""
     record = data_record(cfg)
     if record["source"] == "real":
-        return f"real {record['dataset']} at {record['root']}"
+        return f"real {record['dataset']} at {record['root'] or '(no data.root set)'}"
     return (f"synthetic set {record['name']} ({record['train']} train / {record['val']} val images, "
             f"{record['image_size']})")
 
