@@ -595,10 +595,7 @@ def stage_training(cfg: Config, key: str, ctx, iterations: int):
     if backbone:
         short.model.student_backbone = backbone
     role = "teacher" if stage.startswith("teacher") else "student"
-    t = short.train
-    section = {"teacher_finetune": t.teacher, "teacher_self_training": t.teacher, "knowledge_transfer": t.student,
-               "student_refinement": Config({**t.student, "batch_size": t.refinement.batch_size}),
-               "supervised_student": t.student}[stage]
+    section = stages.stage_section(short, stage)
     stages.check_data(short, stage, ctx)
     stages._seed_everything(short.seed)
     model = build_model(short, role, len(CLASS_LISTS[short.data.dataset])).to(ctx.device)

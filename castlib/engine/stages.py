@@ -365,10 +365,8 @@ def student_refinement(cfg: Config, student: Run, seed: int | None = None) -> Ru
         return run
     _seed_everything(seed)
     model = load_model(cfg, student, "student").to(ctx.device)
-    r = cfg.train.refinement
-    section = Config({**cfg.train.student, "batch_size": r.batch_size})
-    return _fit(cfg, run, ctx, model, "student_refinement", "student", r.iterations, None, False, seed,
-                section=section)
+    return _fit(cfg, run, ctx, model, "student_refinement", "student", cfg.train.refinement.iterations, None, False,
+                seed, section=stage_section(cfg, "student_refinement"))
 
 
 def supervised_student(cfg: Config, seed: int | None = None) -> Run:
@@ -452,6 +450,15 @@ def _batch_layout(stage: str, section: Config, two_parts: bool) -> tuple[int, in
         raise ConfigError(None, f"{key.replace('refinement', 'student')}.micro_batch",
                           f"{micro}: give images per forward, or 0 for each process's whole share")
     return batch // parts, max(1, micro // parts) if micro else 0
+
+
+def stage_section(cfg: Config, stage: str) -> Config:
+    """The ``train`` section a CAST training stage reads: the teacher's for steps A and B, the student's for
+    knowledge transfer and the supervised-only student, the student's with the refinement batch for refinement."""
+    t = cfg.train
+    if stage == "student_refinement":
+        return Config({**t.student, "batch_size": t.refinement.batch_size})
+    return t.teacher if stage.startswith("teacher") else t.student
 
 
 @dataclass
