@@ -4,7 +4,7 @@ A run is one arrow of the pipeline: a stage, the config it reads, the ids of the
 and a seed. Its id is a hash of those, so asking twice for the same run finds the same folder:
 
 ``results/runs/<id>/``
-    ``run.json``       what the run is (stage, inputs, seed, profile, data source, commit, hardware)
+    ``run.json``       what the run is (stage, inputs, seed, profile, data source, commit, machine, torch)
     ``config.yaml``    the resolved config the run was made with
     ``checkpoints/``   ``last.pt`` (resumable training state)
     ``log.csv``        every loss term and learning rate per logged iteration
@@ -101,10 +101,25 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere ``platform.processor()``), else its architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware() -> str:
+    """The machine a run trains on, named: GPU count and model (with the CPU beside it) or the CPU's model, its
+    cores and the threads torch uses, e.g. "CPU AMD EPYC, 2 cores, 1 thread" (run.json; table provenance)."""
+    threads = torch.get_num_threads()
+    cpu = f"CPU {cpu_model()}, {os.cpu_count()} cores, {threads} thread{'s' if threads != 1 else ''}"
     if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}; {cpu}"
+    return cpu
 
 
 @dataclass(frozen=True)
@@ -248,6 +263,6 @@ def create_run(cfg: Config, stage: str, config: Mapping, inputs: Mapping[str, Ru
         write_json_atomic(info_path, {
             "id": rid, "stage": stage, "inputs": ids, "seed": seed, "profile": cfg.profile, "data": dict(data or {}),
             "data_source": data_record(cfg),
-            "commit": git_commit(), "hardware": hardware(), "created": _timestamp(),
+            "commit": git_commit(), "hardware": hardware(), "torch": torch.__version__, "created": _timestamp(),
         })
     return run

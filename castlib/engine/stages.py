@@ -383,18 +383,22 @@ def supervised_student(cfg: Config, seed: int | None = None) -> Run:
                 None, False, seed, section=cfg.train.student)
 
 
-def student_under(cfg: Config, teacher: Run, seed: int | None = None) -> dict[str, Run]:
-    """The student stages under a given teacher run: its pseudo-labels, knowledge transfer, refinement.
-    Under ``teacher_init(cfg)`` this is supplementary Table 6's "student under T1"."""
+def student_under(cfg: Config, teacher: Run, seed: int | None = None, refine: bool = True) -> dict[str, Run]:
+    """The student stages under a given teacher run: its pseudo-labels, knowledge transfer (``student``,
+    theta_s*) and, with ``refine``, refinement (``refined``, theta_s+). Under ``teacher_init(cfg)`` this is
+    supplementary Table 6's "student under T1"."""
     labels = pseudo_labels(cfg, teacher)
     student = knowledge_transfer(cfg, labels, seed)
-    return {"pseudo_labels": labels, "student": student, "refined": student_refinement(cfg, student, seed)}
+    runs = {"pseudo_labels": labels, "student": student}
+    return runs | ({"refined": student_refinement(cfg, student, seed)} if refine else {})
 
 
-def cast(cfg: Config, seed: int | None = None, variant: str = "self_training_contrastive") -> dict[str, Run]:
-    """The whole pipeline of Fig. 1 for one seed; returns the runs by name."""
+def cast(cfg: Config, seed: int | None = None, variant: str = "self_training_contrastive",
+         refine: bool = True) -> dict[str, Run]:
+    """The whole pipeline of Fig. 1 for one seed; returns the runs by name. ``refine=False`` stops at the
+    distilled student theta_s* (what supplementary Tables 4-7 report), training no refinement."""
     teacher = teacher_adaptation(cfg, variant, seed)
-    return {"teacher": teacher, **student_under(cfg, teacher, seed)}
+    return {"teacher": teacher, **student_under(cfg, teacher, seed, refine)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -160,11 +160,11 @@ def _student_variants(cfg: Config, number: int, key: str, variants: Mapping[str,
         for variant in variants:
             variant_cfg = with_student_contrastive(cfg, key, variant)
             with _requested_by(f"Table {number} {variant}"):
-                per_variant[variant] = [stages.cast(variant_cfg, seed) for seed in cfg.seeds]
+                per_variant[variant] = [stages.cast(variant_cfg, seed, refine=False) for seed in cfg.seeds]
         reference = [training_seconds(r["student"]) for r in per_variant[next(iter(variants))]]
         for variant, pipelines in per_variant.items():
-            cells = {"AP": _Cell([_metric(p["refined"]) for p in pipelines]),
-                     "AP50": _Cell([_metric(p["refined"], "ap50") for p in pipelines])}
+            cells = {"AP": _Cell([_metric(p["student"]) for p in pipelines]),
+                     "AP50": _Cell([_metric(p["student"], "ap50") for p in pipelines])}
             paper_values = {"AP": variants[variant]["ap"], "AP50": variants[variant]["ap50"]}
             if time_ratio is not None:
                 cells["train time ratio"] = _ratio([training_seconds(p["student"]) for p in pipelines], reference)
@@ -239,13 +239,13 @@ def table6(cfg: Config, train: bool = True) -> pd.DataFrame:
             t2 = [stages.teacher_adaptation(cfg, seed=seed) for seed in cfg.seeds]
             per_row["teacher_t2_adapted"] = [{"teacher": t} for t in t2]
         with _requested_by("Table 6 student_under_t1"):
-            per_row["student_under_t1"] = [{"teacher": t, **stages.student_under(cfg, t, seed)}
+            per_row["student_under_t1"] = [{"teacher": t, **stages.student_under(cfg, t, seed, refine=False)}
                                            for t, seed in zip(t1, cfg.seeds, strict=True)]
         with _requested_by("Table 6 student_under_t2"):
-            per_row["student_under_t2"] = [{"teacher": t, **stages.student_under(cfg, t, seed)}
+            per_row["student_under_t2"] = [{"teacher": t, **stages.student_under(cfg, t, seed, refine=False)}
                                            for t, seed in zip(t2, cfg.seeds, strict=True)]
         for variant, pipelines in per_row.items():
-            measured = [p.get("refined", p["teacher"]) for p in pipelines]  # teacher rows: the teacher itself
+            measured = [p.get("student", p["teacher"]) for p in pipelines]  # teacher rows: the teacher itself
             cells = {"AP": _Cell([_metric(r) for r in measured]), "AP50": _Cell([_metric(r, "ap50") for r in measured])}
             values = paper.TABLE6_TEACHER_CHOICE[variant]
             runs = list(dict.fromkeys(run for p in pipelines for run in p.values()))
