@@ -48,10 +48,14 @@ from castlib.io import write_json_atomic, write_text_atomic
 # Keys that change how or where a run executes but not what it computes; they stay out of the run id.
 # (Where the synthetic sets and split files lie is one of them: their content follows from the config.)
 RUNTIME_KEYS = ("device", "data.num_workers", "data.data_dir", "data.splits_dir", "train.log_every",
-                "train.checkpoint_every", "runs_dir")
+                "train.checkpoint_every", "runs_dir", "model.teacher.activation_checkpointing")
 # Keys that the id need not hash: data.source is synthetic exactly when data.root is null (castlib.config), so
 # the root already tells the sources apart and synthetic runs keep the ids they had before the key existed.
 IMPLIED_KEYS = ("data.source",)
+# Keys added after runs existed, with the value that reproduces the code before them: the id hashes such a key
+# only when it holds another value, so adding a knob keeps every earlier run valid (the registry's stand-ins).
+ADDED_KEYS = {"model.teacher.detector.swin_window": 7, "model.teacher.detector.swin_out_indices": [2, 3, 4],
+              "model.teacher.detector.num_feature_levels": 4, "model.teacher.detector.text_vocab_size": 0}
 
 
 class RunError(CastError):
@@ -68,14 +72,16 @@ def _timestamp() -> str:
     return datetime.now().isoformat(sep=" ", timespec="microseconds")
 
 
-def _strip(config: Mapping, keys: tuple[str, ...]) -> dict:
+def _strip(config: Mapping, keys: tuple[str, ...], defaults: Mapping[str, Any] | None = None) -> dict:
+    """``config`` without ``keys``, and without each key of ``defaults`` that holds its default value."""
     out = json.loads(json.dumps(config, default=str))
-    for dotted in keys:
+    for dotted in (*keys, *(defaults or {})):
         node = out
         *parents, last = dotted.split(".")
         for part in parents:
-            node = node.get(part, {})
-        node.pop(last, None)
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and (dotted in keys or node.get(last) == (defaults or {}).get(dotted)):
+            node.pop(last, None)
     return out
 
 
@@ -83,7 +89,7 @@ def run_id(stage: str, config: Mapping, inputs: Mapping[str, str], seed: int,
            data: Mapping[str, str] | None = None) -> str:
     """12 hex digits of the SHA-256 of the canonical JSON of (stage, config, inputs, seed) and, when given,
     the digests of the data the run reads (dataset manifest, split files), so a changed input is a new run."""
-    payload = {"stage": stage, "config": _strip(config, (*RUNTIME_KEYS, *IMPLIED_KEYS)),
+    payload = {"stage": stage, "config": _strip(config, (*RUNTIME_KEYS, *IMPLIED_KEYS), ADDED_KEYS),
                "inputs": dict(sorted(inputs.items())), "seed": seed}
     payload |= {"data": dict(sorted(data.items()))} if data else {}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
