@@ -135,12 +135,24 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from castlib.report.ablations import build_table, train_tables
+    from pathlib import Path
+
+    from castlib.engine.runs import Run, export_records, runs_dir
+    from castlib.report.ablations import build_table, data_notes, train_tables
+    from castlib.report.orderings import write_orderings
     from castlib.report.tables import write_table
 
     cfg = config_from_args(args)
     if args.jobs < 1:
         raise CastError(f"--jobs {args.jobs}: give at least 1 worker process")
+    records = Path(args.records or Path(args.out).parent / "records")
+    if args.from_records:  # a new reading of the committed runs: their records are the registry, nothing trains
+        source = Path(args.from_records).resolve()
+        if not source.is_dir():
+            raise CastError(f"--from-records {args.from_records}: no such folder (a table's records are "
+                            "results/<profile>/records, written beside its tables)")
+        cfg.runs_dir = str(source)
+        args.no_train = True
     if args.jobs > 1 and not args.no_train:
         train_tables(cfg, args.number, args.jobs)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun every process trains the runs, rank 0 writes
@@ -150,8 +162,17 @@ def cmd_table(args: argparse.Namespace) -> None:
             continue
         for path in write_table(table, f"{args.out}/table{number}"):
             print(path)
+        if not args.from_records:
+            behind = [Run(rid, runs_dir(cfg) / rid) for rid in table.attrs["runs_behind"]]
+            export_records(behind, records)
+            print(f"records of its {len(behind)} runs: {records}/<id>/")
         print(table.attrs["caption"])
         print(table[table.attrs["display_columns"]].to_string(index=False))
+    if main:
+        written = write_orderings(args.out, [f"Profile {cfg.profile}. {line}" if i == 0 else line
+                                             for i, line in enumerate(data_notes(cfg))])
+        if written:
+            print(written[1])
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -348,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the missing runs with J worker processes, each with 1/J of the CPU threads (default 1)")
     p.add_argument("--out", default="results/tables", help="folder for tableN.csv and tableN.md")
     p.add_argument("--no-train", action="store_true", help="only read existing runs; missing cells say 'not run'")
+    p.add_argument("--records", metavar="DIR",
+                   help="where each table's run records go (run.json, config, metrics, timing, log; no weights); "
+                        "default: records/ beside --out")
+    p.add_argument("--from-records", metavar="DIR",
+                   help="rebuild the tables from committed records alone (e.g. results/records), training nothing")
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("plan", help="the runs Tables 3-8 need, which are shared and complete, estimated compute")

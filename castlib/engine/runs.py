@@ -272,3 +272,41 @@ def create_run(cfg: Config, stage: str, config: Mapping, inputs: Mapping[str, Ru
             "commit": git_commit(), "hardware": hardware(), "torch": torch.__version__, "created": _timestamp(),
         })
     return run
+
+
+# Files of a run folder that say what it was and what it measured, without weights or pseudo-labels: a table's
+# records (``results/<profile>/records/<id>/``), from which ``castlib table --from-records`` rebuilds it.
+RECORD_FILES = ("run.json", "config.yaml", "metrics.json", "timing.json", "log.csv", "complete.json")
+
+
+def lineage(runs: list[Run]) -> list[Run]:
+    """``runs`` and every run they consume, transitively (``run.json``'s ``inputs``: pseudo-labels, the
+    teacher steps, theta_T^0, the stand-ins), each once, in first-seen order. A run without ``run.json`` (one only
+    planned) adds no inputs."""
+    seen: dict[str, Run] = {}
+    todo = list(runs)
+    while todo:
+        run = todo.pop(0)
+        if run.id in seen:
+            continue
+        seen[run.id] = run
+        if (run.dir / "run.json").is_file():
+            todo += [Run(i, run.dir.parent / i) for i in run.info.get("inputs", {}).values()]
+    return list(seen.values())
+
+
+def export_records(runs: list[Run], dest: str | Path) -> list[Path]:
+    """Copy each complete run's :data:`RECORD_FILES` (those it has) to ``dest/<id>/``, atomically; files already
+    there with the same bytes are left alone. Returns the run folders written."""
+    out = []
+    for run in runs:
+        if not run.complete:
+            continue
+        folder = Path(dest) / run.id
+        for name in RECORD_FILES:
+            source = run.dir / name
+            target = folder / name
+            if source.is_file() and (not target.is_file() or target.read_bytes() != source.read_bytes()):
+                write_text_atomic(target, source.read_text())
+        out.append(folder)
+    return out

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from castlib.config import Config
 from castlib.data.datasets import InstanceDataset
 from castlib.data.loaders import dataset_name, read_split_ids, split_files
 from castlib.data.splits import ade20k_split_sizes, round_half_up
-from castlib.engine.runs import git_commit, hardware
 from castlib.io import write_text_atomic
 from castlib.paper import TABLE1_SPLITS
 
@@ -63,20 +61,21 @@ def class_statistics(dataset: InstanceDataset) -> pd.DataFrame:
 
 
 def provenance(table: pd.DataFrame) -> dict[str, str]:
-    """Where a table came from: its builder's ``table.attrs`` (profile, dataset, the data it was read from:
-    synthetic or a real root, :func:`castlib.data.loaders.describe_data`; seeds, wall time, the runs' hardware and
-    commits) and this process (torch version, commit, hardware where no run names one)."""
+    """Where a table came from, as a function of its runs alone: profile, dataset format, the data (synthetic or
+    a real root, :func:`castlib.data.loaders.describe_data`), seeds, and the machines, torch versions and commits
+    of the runs behind it (``table.attrs["runs_behind"]``), saying plainly when there are several."""
     attrs = table.attrs
     out = {key: str(attrs[key]) for key in ("profile", "dataset", "data") if key in attrs}
     if "seeds" in attrs:
         out["seeds"] = " ".join(map(str, attrs["seeds"]))
-    out["hardware"] = "; ".join(attrs.get("hardware") or [hardware()])
-    out["torch"] = torch.__version__
-    out["commit"] = git_commit()
-    if attrs.get("run_commits"):
-        out["commits of the runs"] = " ".join(attrs["run_commits"])
-    if "wall_time_s" in attrs:
-        out["wall time"] = f"{attrs['wall_time_s']} s (building the table: training what was missing, reading)"
+    behind = attrs.get("runs_behind") or {}
+    for key, label in (("machine", "machines"), ("torch", "torch"), ("commit", "commits")):
+        values = sorted({facts[key] for facts in behind.values()})
+        several = (f"{len(values)} {label}: the rows' runs come from more than one; " if len(values) > 1 else "")
+        out[f"{label} of the runs"] = several + ("; ".join(values) if values else "no complete run")
+    dirty = sorted({facts["commit"] for facts in behind.values() if facts["commit"].endswith("-dirty")})
+    if dirty:
+        out["uncommitted changes"] = f"runs made at {', '.join(dirty)} had uncommitted code changes"
     return out
 
 
@@ -98,8 +97,13 @@ def write_table(table: pd.DataFrame, stem: str | Path, caption: str = "") -> tup
                                                 *(f"{k}: {v}" for k, v in facts.items())])
     csv = write_text_atomic(stem.with_suffix(".csv"), header + table.to_csv(index=False))
     shown = table[attrs.get("display_columns", list(table.columns))]
+    behind = attrs.get("runs_behind") or {}
+    runs = pd.DataFrame([{"run": rid, **facts} for rid, facts in behind.items()],
+                        columns=["run", "stage", "seed", "commit", "machine", "torch"])
     lines = [f"## {caption}", "", shown.to_markdown(index=False), "", "Notes:", "",
              *(f"- {note}" for note in attrs.get("notes", [])), "", "Provenance:", "",
-             *(f"- {k}: {v}" for k, v in facts.items()), "", "Runs per row:", "",
-             *(f"- {row.variant}: {row.runs or 'none'}" for row in table.itertuples())]
+             *(f"- {k}: {v}" for k, v in facts.items()), "",
+             "Runs per row (each with every run it consumes, stand-ins included; records: `../records/<id>/`):", "",
+             *(f"- {row.variant}: {row.runs or 'none'}" for row in table.itertuples()), "",
+             "Runs:", "", runs.to_markdown(index=False) if len(runs) else "none"]
     return csv, write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
