@@ -106,9 +106,11 @@ class Cell:
     measurement that does not depend on the seed (Table 6's T1): it counts once, and pairs with every seed of
     another cell (:func:`castlib.report.orderings.orderings`)."""
 
-    def __init__(self, values: Mapping[int, float | None], fixed: bool = False):
+    def __init__(self, values: Mapping[int, float | None], fixed: bool = False,
+                 sources: Mapping[int, str] | None = None):
         self.values = dict(values)
         self.fixed = fixed
+        self.sources = dict(sources or {})  # seed -> "<run id>:<metric key>" the value was read from
 
     @property
     def by_seed(self) -> dict[int, float]:
@@ -131,6 +133,11 @@ class Cell:
         values = {"*" if self.fixed else str(s): v for s, v in self.by_seed.items()}
         return json.dumps({k: round(v, 6) for k, v in values.items()}, sort_keys=True)
 
+    def sources_json(self) -> str:
+        """Which run's ``metrics.json`` key each seed's value is (``{}`` for derived cells: ratios, deltas)."""
+        return json.dumps({"*" if self.fixed else str(s): src for s, src in self.sources.items()
+                           if self.values.get(s) is not None}, sort_keys=True)
+
     def text(self, missing: str = NOT_RUN) -> str:
         if not self.n:
             return missing
@@ -142,7 +149,8 @@ def _cell(runs: Sequence[Run | None], seeds: Sequence[int], key: str = "ap", fix
     """The cell of ``key`` over the runs of ``seeds`` (a fixed cell: the first seed's run alone)."""
     if fixed:
         runs, seeds = runs[:1], seeds[:1]
-    return Cell({seed: _metric(run, key) for seed, run in zip(seeds, runs, strict=True)}, fixed)
+    return Cell({seed: _metric(run, key) for seed, run in zip(seeds, runs, strict=True)}, fixed,
+                {seed: f"{run.id}:{key}" for seed, run in zip(seeds, runs, strict=True) if run is not None})
 
 
 def _metric(run: Run | None, key: str = "ap") -> float | None:
@@ -157,7 +165,8 @@ def _ratio(numerators: Sequence[float | None], denominators: Sequence[float | No
 def _row(variant: str, cells: Mapping[str, Cell], paper_values: Mapping[str, Any], runs: Sequence[Run],
          missing: Mapping[str, str] | None = None) -> dict:
     """One table row: per metric the display cell and the paper's value; then, hidden from the markdown, each
-    cell's mean, std, seed count and per-seed values, and every run the row depends on (:func:`lineage`)."""
+    cell's mean, std, seed count, per-seed values and the run each was read from, and every run the row depends
+    on (:func:`lineage`)."""
     missing = missing or {}
     row: dict[str, Any] = {"variant": variant}
     for name, cell in cells.items():
@@ -166,11 +175,12 @@ def _row(variant: str, cells: Mapping[str, Cell], paper_values: Mapping[str, Any
     for name, cell in cells.items():
         row[f"{name} mean"], row[f"{name} std"] = cell.mean, cell.std
         row[f"{name} n"], row[f"{name} seeds"] = cell.n, cell.seeds_json()
+        row[f"{name} from"] = cell.sources_json()
     row["runs"] = " ".join(r.id for r in lineage([r for r in runs if r is not None]) if r.complete)
     return row
 
 
-HIDDEN_SUFFIXES = (" mean", " std", " n", " seeds")
+HIDDEN_SUFFIXES = (" mean", " std", " n", " seeds", " from")
 
 
 def _building(train: bool) -> contextlib.AbstractContextManager:
