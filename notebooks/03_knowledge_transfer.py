@@ -67,6 +67,7 @@ figures = Path(figures_dir)
 labels = S.pseudo_labels(cfg, S.teacher_adaptation(cfg))
 student = S.knowledge_transfer(cfg, labels)
 record(output_dir, "student_ap", student.metrics["ap"])
+record(output_dir, "runs", {"knowledge_transfer": student.id})
 save_figure(training_curves(read_log(student), "knowledge transfer"), figures / "student_curves.png")
 
 # %% [markdown]

@@ -30,9 +30,19 @@
 # | 6 | teacher | T1 zero-shot $\theta_T^0$, T2 adapted $\theta_T''$, and the student under each |
 # | 7 | negative scope | in-batch; memory bank (10k) |
 #
-# Each row gives the reproduced mean $\pm$ std over the seeds, the number of seeds and the paper's value
-# beside it; `results/tables/tableN.md` adds the notes, the provenance and the run ids of each row.
-# On `smoke` the models are tiny and barely trained: the numbers show the format, not the method.
+# **Which student.** Tables 4, 5, 6 and 7 report the distilled student $\theta_s^*$ (after knowledge transfer,
+# before refinement), as the paper does: its 32.2 there is main Table 1's "CAST (knowledge transfer)" and main
+# Table 2's student "before refinement"; Table 3 reports the refined $\theta_s^+$, the paper's 33.9.
+#
+# Each cell gives the reproduced mean $\pm$ std over the seeds that have the run and that cell's own seed count
+# `n` (Table 6's T1 is one evaluation: its weights do not depend on the seed), with the paper's value beside it;
+# `tableN.md` adds the notes, the provenance (data, machines, commits) and every run behind each row. The last
+# section reads which of the paper's orderings the runs show (`orderings.md`, generated, never typed by hand).
+#
+# **Data and what the numbers mean.** `smoke`: a 40-image synthetic set in the Cityscapes format and runs of a
+# few iterations: AP is 0 by design, the tables show the format and that every path runs. `mini`: 300 synthetic
+# images, models from source-pretrained stand-ins: real learning, small numbers (maskAP about 10-15), read for
+# orderings, not for the paper's values. `paper`: real Cityscapes / ADE20K and hub weights: the paper's numbers.
 
 # %% tags=["parameters"]
 profile = "smoke"  # smoke | mini | paper
@@ -49,15 +59,19 @@ interactive = True  # show the widgets (headless runs set False)
 # %%
 from pathlib import Path
 
+import pandas as pd
 from IPython.display import Markdown, display
 
 from castlib.notebooks import notebook_config, record
-from castlib.report.ablations import build_table
+from castlib.report.ablations import build_table, data_notes
+from castlib.report.orderings import write_orderings
 from castlib.report.tables import write_table
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
 chosen = [n for n in (3, 4, 5, 6, 7) if n in tables]
-print(f"tables {chosen}, seeds {list(cfg.seeds)}")
+print(f"profile {cfg.profile}, tables {chosen}, seeds {list(cfg.seeds)}")
+for line in data_notes(cfg):
+    print(line)
 
 
 # %%
@@ -68,6 +82,7 @@ def show(number: int) -> None:
     shown = table[table.attrs["display_columns"]]
     record(output_dir, f"table{number}", shown.to_dict("records"))
     display(Markdown(f"**{table.attrs['caption']}**"), shown)
+    display(Markdown("\n".join(f"- {note}" for note in table.attrs["notes"])))
 
 
 # %% [markdown]
@@ -106,6 +121,22 @@ if 6 in chosen:
 # %%
 if 7 in chosen:
     show(7)
+
+# %% [markdown]
+# ## Which of the paper's orderings the runs show
+# Every pair of rows the paper orders, read from the per-seed values of the tables in `tables_dir` and paired by
+# seed: "holds" when every seed agrees and the mean difference exceeds its paired standard error, "not seen" when
+# a seed disagrees, "one seed" when only one paired difference exists (`castlib.report.orderings`).
+
+# %%
+written = write_orderings(tables_dir, [f"Profile {cfg.profile}. {data_notes(cfg)[0]}"])
+if written:
+    orderings = pd.read_csv(written[0], comment="#")
+    record(output_dir, "orderings", orderings[["table", "claim", "verdict"]].to_dict("records"))
+    display(orderings[["table", "metric", "claim", "mean a", "mean b", "paired differences", "seeds agreeing",
+                       "verdict"]])
+else:
+    print(f"no table in {tables_dir} yet")
 
 # %% [markdown]
 # ## Try a variant

@@ -22,8 +22,12 @@
 # DINOv2-B or DINOv2-L backbone, at 5, 10 and 30% of the Cityscapes train labels (splits of notebook 01).
 # Every CAST cell is the whole pipeline (teacher adaptation, knowledge transfer, refinement) trained at that
 # fraction, since $\mathcal{D}_l$ and $\mathcal{D}_u$ change with it; so is every Guided Distillation cell (its
-# stage-1 teacher on the labels, then guided burn-in and EMA distillation). On `smoke` the numbers show the
-# format, not the method.
+# stage-1 teacher on the labels, then guided burn-in and EMA distillation). CAST's cells are the refined student
+# $\theta_s^+$, as the paper's Table 8 (its 33.9 at 10 % is main Table 1's "CAST (student refinement)").
+#
+# **Data and what the numbers mean.** `smoke`: a 40-image synthetic set in the Cityscapes format, runs of a few
+# iterations: AP is 0 by design (the table shows the format and that every path runs). `mini`: 300 synthetic
+# images, stand-in backbones: small numbers, read for orderings. `paper`: real Cityscapes and hub weights.
 
 # %% tags=["parameters"]
 profile = "smoke"  # smoke | mini | paper
@@ -42,11 +46,13 @@ interactive = True  # show the widgets (headless runs set False)
 from pathlib import Path
 
 from castlib.notebooks import notebook_config, record
-from castlib.report.ablations import build_table
+from castlib.report.ablations import build_table, data_notes
 from castlib.report.plots import label_fraction_figure, save_figure
 from castlib.report.tables import write_table
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
+for line in data_notes(cfg):
+    print(line)
 
 # %%
 if 8 in tables:
