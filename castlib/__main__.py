@@ -137,10 +137,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_table(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from castlib.engine.runs import Run, export_records, runs_dir
     from castlib.report.ablations import build_table, data_notes, train_tables
     from castlib.report.orderings import write_orderings
-    from castlib.report.tables import write_table
+    from castlib.report.tables import publish_table
 
     cfg = config_from_args(args)
     if args.jobs < 1:
@@ -160,17 +159,12 @@ def cmd_table(args: argparse.Namespace) -> None:
         table = build_table(cfg, number, train=not args.no_train)
         if not main:
             continue
-        for path in write_table(table, f"{args.out}/table{number}"):
+        for path in publish_table(table, args.out, records, export=not args.from_records):
             print(path)
-        if not args.from_records:
-            behind = [Run(rid, runs_dir(cfg) / rid) for rid in table.attrs["runs_behind"]]
-            export_records(behind, records)
-            print(f"records of its {len(behind)} runs: {records}/<id>/")
         print(table.attrs["caption"])
         print(table[table.attrs["display_columns"]].to_string(index=False))
     if main:
-        written = write_orderings(args.out, [f"Profile {cfg.profile}. {line}" if i == 0 else line
-                                             for i, line in enumerate(data_notes(cfg))])
+        written = write_orderings(args.out, [f"Profile {cfg.profile}. {data_notes(cfg)[0]}", *data_notes(cfg)[1:]])
         if written:
             print(written[1])
 

@@ -57,7 +57,6 @@ output_dir = "results/notebooks/05_ablation_tables"
 interactive = True  # show the widgets (headless runs set False)
 
 # %%
-from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
@@ -65,7 +64,7 @@ from IPython.display import Markdown, display
 from castlib.notebooks import notebook_config, record
 from castlib.report.ablations import build_table, data_notes
 from castlib.report.orderings import write_orderings
-from castlib.report.tables import write_table
+from castlib.report.tables import publish_table
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
 chosen = [n for n in (3, 4, 5, 6, 7) if n in tables]
@@ -78,7 +77,7 @@ for line in data_notes(cfg):
 def show(number: int) -> None:
     """Build, write, record and show Table ``number``."""
     table = build_table(cfg, number)
-    write_table(table, Path(tables_dir) / f"table{number}")
+    publish_table(table, tables_dir)
     shown = table[table.attrs["display_columns"]]
     record(output_dir, f"table{number}", shown.to_dict("records"))
     display(Markdown(f"**{table.attrs['caption']}**"), shown)

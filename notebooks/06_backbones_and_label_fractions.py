@@ -48,7 +48,7 @@ from pathlib import Path
 from castlib.notebooks import notebook_config, record
 from castlib.report.ablations import build_table, data_notes
 from castlib.report.plots import label_fraction_figure, save_figure
-from castlib.report.tables import write_table
+from castlib.report.tables import publish_table
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
 for line in data_notes(cfg):
@@ -57,7 +57,7 @@ for line in data_notes(cfg):
 # %%
 if 8 in tables:
     table = build_table(cfg, 8)
-    write_table(table, Path(tables_dir) / "table8")
+    publish_table(table, tables_dir)
     shown = table[table.attrs["display_columns"]]
     record(output_dir, "table8", shown.to_dict("records"))
     save_figure(label_fraction_figure(table), Path(figures_dir) / "table8_label_fractions.png")

@@ -100,11 +100,23 @@ def test_knowledge_transfer_shows_the_debiased_sampler_draws_fewer_false_negativ
     _figures(root, "student_curves.png", "proposition_3_1_margin_fnr.png")
 
 
-def test_refinement_records_teacher_distilled_refined_and_supervised_only_student(executed):
+def test_refinement_records_the_stages_and_main_table_3_from_their_runs(executed):
     root, _ = executed
-    stages = read_record(root / "04_student_refinement")["stages"]
-    assert [s["model"].split()[0] for s in stages] == ["teacher", "student", "student", "student"]
-    assert len({s["run"] for s in stages}) == 4 and "supervised" in stages[-1]["model"]
+    record = read_record(root / "04_student_refinement")
+    stages = record["stages"]
+    assert [s["model"].split()[0] for s in stages] == ["teacher", "student", "student"]
+    assert stages[1]["AP"] == pytest.approx(_recorded(root, stages[1]["run"], "knowledge_transfer")["ap"])
+    assert stages[2]["AP"] == pytest.approx(_recorded(root, stages[2]["run"], "student_refinement")["ap"])
+    table = pd.read_csv(root / "tables" / "main_table3.csv", comment="#").set_index("variant")
+    expected = {"full_pipeline": "student_refinement", "no_student_ft": "knowledge_transfer",
+                "no_teacher_adapt": "student_refinement", "distillation_only": "knowledge_transfer",
+                "no_distill_sup": "supervised_student"}
+    assert list(table.index) == list(expected) == [r["variant"] for r in record["main_table3"]]
+    for variant, stage in expected.items():
+        ((seed, source),) = json.loads(table.loc[variant, "AP from"]).items()
+        run_id, key = source.split(":")
+        assert json.loads(table.loc[variant, "AP seeds"])[seed] == pytest.approx(_recorded(root, run_id, stage)[key])
+    assert table.loc["full_pipeline", "runs"].split()[0] == stages[2]["run"]
     _figures(root, "refinement_curves.png")
 
 

@@ -40,7 +40,7 @@ from castlib.config import Config
 from castlib.data.loaders import describe_data
 from castlib.engine import stages
 from castlib.engine.plan import current_plan, planning, training_seconds
-from castlib.engine.runs import Run, lineage
+from castlib.engine.runs import Run, lineage, runs_dir
 from castlib.errors import CastError, ConfigError
 
 NOT_RUN = "not run"
@@ -203,7 +203,7 @@ def run_facts(run: Run) -> dict[str, Any]:
             "machine": info.get("hardware", "unknown"), "torch": info.get("torch", "not recorded")}
 
 
-def _table(rows: list[dict], cfg: Config, number: int, caption: str, notes: Sequence[str],
+def _table(rows: list[dict], cfg: Config, number: int | str, caption: str, notes: Sequence[str],
            runs: Sequence[Run]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     behind = [r for r in lineage([r for r in runs if r is not None]) if r.complete]
@@ -211,6 +211,7 @@ def _table(rows: list[dict], cfg: Config, number: int, caption: str, notes: Sequ
         "number": number, "caption": caption, "notes": [*notes, *data_notes(cfg)], "profile": cfg.profile,
         "dataset": cfg.data.dataset, "data": describe_data(cfg), "seeds": list(cfg.seeds),
         "runs_behind": {r.id: run_facts(r) for r in sorted(behind, key=lambda r: r.id)},
+        "runs_folder": str(runs_dir(cfg)),
         "display_columns": [c for c in table.columns if not c.endswith(HIDDEN_SUFFIXES) and c != "runs"],
     })
     return table
@@ -368,6 +369,35 @@ def table8(cfg: Config, train: bool = True) -> pd.DataFrame:
              REFINED_NOTE + " Table 8's CAST row at 10 % prints 33.9, the final model.", STD_NOTE]
     return _table(rows, cfg, 8, "Supplementary Table 8: backbones and label fractions (maskAP; CAST: refined "
                   "theta_s+)", notes, every)
+
+
+def main_table3(cfg: Config, train: bool = True) -> pd.DataFrame:
+    """Main Table 3 (training stages, spec section 11) from the stages' runs: the full pipeline (theta_s+ under the
+    adapted teacher T2), no student FT (theta_s* under T2), no teacher adaptation (theta_s+ under the zero-shot T1),
+    distillation only (theta_s* under T1) and no distillation (the supervised-only student, main Table 2's (a)
+    student as well)."""
+    rows, every, seeds = [], [], list(cfg.seeds)
+    with _building(train):
+        with _requested_by("main Table 3"):
+            under = {"t2": [stages.cast(cfg, seed) for seed in seeds],
+                     "t1": [stages.student_under(cfg, stages.teacher_init(cfg, seed), seed) for seed in seeds]}
+            supervised = [stages.supervised_student(cfg, seed) for seed in seeds]
+        measured = {"full_pipeline": [p["refined"] for p in under["t2"]],
+                    "no_student_ft": [p["student"] for p in under["t2"]],
+                    "no_teacher_adapt": [p["refined"] for p in under["t1"]],
+                    "distillation_only": [p["student"] for p in under["t1"]],
+                    "no_distill_sup": supervised}
+        for variant, found in measured.items():
+            cells = {"AP": _cell(found, seeds), "AP50": _cell(found, seeds, "ap50")}
+            every += found
+            rows.append(_row(variant, cells, {"AP": paper.MAIN_TABLE3_STAGES[variant]}, found))
+    notes = ["full_pipeline: refined theta_s+ under the adapted teacher T2 (= Table 3's CAST student); no_student_ft: "
+             "distilled theta_s* under T2 (= Table 6's student under T2, main Table 2's (d) student); "
+             "no_teacher_adapt: theta_s+ under the zero-shot teacher T1; distillation_only: theta_s* under T1 (= "
+             "Table 6's student under T1); no_distill_sup: the supervised-only student, L_sup on D_l for the CAST "
+             "student's whole length (main Table 2's (a) student, 21.1).", STD_NOTE]
+    return _table(rows, cfg, "main_table3", "Main Table 3: training stages (maskAP; each row's student stage in the notes)",
+                  notes, every)
 
 
 TABLES: dict[int, Callable[..., pd.DataFrame]] = {3: table3, 4: table4, 5: table5, 6: table6, 7: table7, 8: table8}

@@ -107,3 +107,20 @@ def write_table(table: pd.DataFrame, stem: str | Path, caption: str = "") -> tup
              *(f"- {row.variant}: {row.runs or 'none'}" for row in table.itertuples()), "",
              "Runs:", "", runs.to_markdown(index=False) if len(runs) else "none"]
     return csv, write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+
+
+def publish_table(table: pd.DataFrame, tables_dir: str | Path, records: str | Path | None = None,
+                  export: bool = True) -> tuple[Path, Path]:
+    """Write a table built by :mod:`castlib.report.ablations` as ``tables_dir/table<number>.{csv,md}`` (``main_table3.{csv,md}``) and export
+    the records of every run behind it (:func:`castlib.engine.runs.export_records`) to ``records`` (default
+    ``records/`` beside ``tables_dir``), so the committed table ships what it was read from. A table read from
+    those records (``--from-records``, ``export=False``) exports nothing."""
+    from castlib.engine.runs import Run, export_records
+
+    tables_dir = Path(tables_dir)
+    number = table.attrs["number"]
+    written = write_table(table, tables_dir / (f"table{number}" if isinstance(number, int) else str(number)))
+    folder, records = Path(table.attrs["runs_folder"]), Path(records or tables_dir.parent / "records")
+    if export:
+        export_records([Run(rid, folder / rid) for rid in table.attrs["runs_behind"]], records)
+    return written
