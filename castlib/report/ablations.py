@@ -396,8 +396,8 @@ def main_table3(cfg: Config, train: bool = True) -> pd.DataFrame:
              "no_teacher_adapt: theta_s+ under the zero-shot teacher T1; distillation_only: theta_s* under T1 (= "
              "Table 6's student under T1); no_distill_sup: the supervised-only student, L_sup on D_l for the CAST "
              "student's whole length (main Table 2's (a) student, 21.1).", STD_NOTE]
-    return _table(rows, cfg, "main_table3", "Main Table 3: training stages (maskAP; each row's student stage in the notes)",
-                  notes, every)
+    return _table(rows, cfg, "main_table3",
+                  "Main Table 3: training stages (maskAP; each row's student stage in the notes)", notes, every)
 
 
 TABLES: dict[int, Callable[..., pd.DataFrame]] = {3: table3, 4: table4, 5: table5, 6: table6, 7: table7, 8: table8}

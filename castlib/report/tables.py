@@ -111,7 +111,8 @@ def write_table(table: pd.DataFrame, stem: str | Path, caption: str = "") -> tup
 
 def publish_table(table: pd.DataFrame, tables_dir: str | Path, records: str | Path | None = None,
                   export: bool = True) -> tuple[Path, Path]:
-    """Write a table built by :mod:`castlib.report.ablations` as ``tables_dir/table<number>.{csv,md}`` (``main_table3.{csv,md}``) and export
+    """Write a table built by :mod:`castlib.report.ablations` as ``tables_dir/table<number>.{csv,md}`` (main
+    Table 3: ``main_table3.{csv,md}``) and export
     the records of every run behind it (:func:`castlib.engine.runs.export_records`) to ``records`` (default
     ``records/`` beside ``tables_dir``), so the committed table ships what it was read from. A table read from
     those records (``--from-records``, ``export=False``) exports nothing."""
