@@ -41,13 +41,22 @@ VERDICTS = ("holds", "not seen", "one seed", "not run")
 
 
 def read_tables(folder: str | Path) -> dict[int, pd.DataFrame]:
-    """The ``tableN.csv`` files (N = 3-8) in ``folder``, by number."""
+    """The ``tableN.csv`` files (N = 3-8) in ``folder`` that hold per-seed values, by number (a table written
+    before they existed, without ``<metric> seeds`` columns, is left out: :func:`left_out`)."""
     out = {}
     for number in ORDERED_METRICS:
         path = Path(folder) / f"table{number}.csv"
         if path.is_file():
-            out[number] = pd.read_csv(path, comment="#")
+            table = pd.read_csv(path, comment="#")
+            if any(c.endswith(" seeds") for c in table.columns):
+                out[number] = table
     return out
+
+
+def left_out(folder: str | Path) -> list[str]:
+    """The ``tableN.csv`` files of ``folder`` that :func:`read_tables` leaves out (no per-seed values)."""
+    read = read_tables(folder)
+    return [f"table{n}.csv" for n in ORDERED_METRICS if (Path(folder) / f"table{n}.csv").is_file() and n not in read]
 
 
 def _seeds(table: pd.DataFrame, row: str, metric: str) -> dict[str, float]:
@@ -142,8 +151,11 @@ def write_orderings(folder: str | Path, header: list[str] | None = None) -> tupl
     table = orderings(tables)
     counts = table["verdict"].value_counts()
     summary = ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+    skipped = left_out(folder)
     notes = [*(header or []), f"Read from table{', table'.join(map(str, sorted(tables)))}.csv in this folder "
              f"by castlib.report.orderings: {len(table)} orderings, {summary}.",
+             *([f"Left out: {', '.join(skipped)} (written before tables held per-seed values; superseded)."]
+               if skipped else []),
              "holds: every seed's paired difference has the paper's sign and their mean exceeds its paired "
              "standard error; not seen: a seed disagrees or the difference is within its standard error; one seed: "
              "a single paired difference; not run: a side has no value. Paired differences are a - b per seed "
