@@ -85,3 +85,21 @@ def test_teacher_and_student_side_by_side_with_the_students_change(smoke_config)
     expected = 100 * (table.loc["student", "params_M"] / table.loc["teacher", "params_M"] - 1)
     assert table.loc["student vs teacher", "params_M"] == f"{expected:+.1f}%"
     assert table.loc["student", "input_size"] == tuple(cfg.eval.efficiency.input_size)
+
+
+class Tied(nn.Module):
+    """Two heads sharing one weight (as Grounding DINO's box heads do), and a buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+        self.b.weight = self.a.weight
+        self.register_buffer("scale", torch.ones(3))
+
+
+def test_a_shape_only_model_keeps_tied_weights_tied():
+    from castlib.eval.efficiency import parameter_counts, shape_only
+
+    model = shape_only(Tied)
+    assert model.a.weight is model.b.weight and model.a.weight.device.type == "cpu"
+    assert parameter_counts(model) == {"params": 16, "trainable": 16, "buffers": 3}

@@ -241,10 +241,23 @@ def _skip_tensor_checks() -> contextlib.ExitStack:
 
 def shape_only(build) -> nn.Module:
     """The model ``build()`` makes, with parameters that hold no values: built on the meta device (no
-    initialisation), then given uninitialised CPU storage, in eval mode. Good for shapes and FLOPs only."""
+    initialisation), then given uninitialised CPU storage, in eval mode. Good for shapes and FLOPs only.
+
+    ``Module.to_empty`` gives each module's parameters new storage one module at a time, so a parameter two
+    modules share (tied weights: Grounding DINO's box heads) would come back as two, 1.46M parameters too many on
+    the paper teacher; they are tied again here."""
     with torch.device("meta"):
         model = build()
-    return model.to_empty(device="cpu").eval()
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                owners.setdefault(id(param), []).append((module, name))
+    model.to_empty(device="cpu")
+    for (first, first_name), *others in owners.values():
+        for module, name in others:
+            module._parameters[name] = first._parameters[first_name]
+    return model.eval()
 
 
 @dataclass
@@ -292,7 +305,9 @@ def count_flops(model: nn.Module, input_size: Sequence[int], backward: bool = Tr
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Parameters (all, trainable) and persistent buffers of ``model``, counted (works on the meta device)."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters())  # a tied parameter once
+    shared = {id(p) for p in params.values()}
+    buffers = {id(t): t for t in model.state_dict(keep_vars=True).values() if id(t) not in shared}
     return {"params": sum(p.numel() for p in params.values()),
             "trainable": sum(p.numel() for p in params.values() if p.requires_grad),
-            "buffers": sum(t.numel() for name, t in model.state_dict().items() if name not in params)}
+            "buffers": sum(t.numel() for t in buffers.values())}
