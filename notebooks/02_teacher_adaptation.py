@@ -95,7 +95,7 @@ save_figure(training_curves(read_log(t_b), "teacher step B"), figures / "teacher
 # %%
 labels = S.pseudo_labels(cfg, t_b)
 record(output_dir, "pseudo_instances_per_image", labels.metrics["instances_per_image"])
-save_figure(pseudo_label_figure(*pseudo_label_examples(cfg, labels)), figures / "teacher_pseudo_labels.png")
+save_figure(pseudo_label_figure(*pseudo_label_examples(cfg, labels), data=cfg), figures / "teacher_pseudo_labels.png")
 
 # %%
 steps = pd.DataFrame([{"step": name, "run": run.id, "AP": run.metrics["ap"], "AP50": run.metrics["ap50"]}

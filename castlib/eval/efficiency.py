@@ -364,7 +364,7 @@ def fig2_table(cfg, teacher_dir: str | Path | None = None, student_dir: str | Pa
         "provenance": {"data": data, "profile": cfg.profile, "dataset": cfg.data.dataset, "commit": git_commit(),
                        "machine": hardware(), "torch": torch.__version__, **({"runs": " ".join(runs.values())}
                                                                               if runs else {})},
-        "profile": cfg.profile, "data": data,
+        "profile": cfg.profile, "data": data, "measured_on": teacher["device"],
     })
     return table
 
