@@ -254,8 +254,9 @@ def paper_size_counts(dataset: str = "cityscapes", input_size: Sequence[int] | N
     counted, and the FLOPs of one forward pass of one ``input_size`` image (default: the paper profile's
     ``eval.efficiency.input_size`` for ``dataset``) counted on fake tensors (:func:`count_flops`). Computed on
     every call, nothing cached: about 15 s on one core, most of it the teacher's FLOPs. The teacher resizes its
-    input itself (``resizes``: Grounding DINO to its processor's size, SAM2 to its square input), so its FLOPs do
-    not follow ``input_size``; the student's do."""
+    input itself (``resizes``: Grounding DINO to its processor's size, SAM2 to its square input), so its FLOPs
+    follow the aspect ratio of ``input_size`` only (1022x2044: 5.57 TFLOPs, 644x644: 5.13); the student's follow
+    its size."""
     from castlib.config import load_config
     from castlib.data.classes import CLASS_LISTS
     from castlib.models import build_model
@@ -341,7 +342,7 @@ def fig2_table(cfg, teacher_dir: str | Path | None = None, student_dir: str | Pa
         f"fake tensors, on this machine's CPU in {counts['teacher'].seconds + counts['student'].seconds:.0f} s "
         "(matrix products and convolutions, a multiply-add as 2 FLOPs; element-wise operators, interpolation and "
         f"grid_sample not counted). The teacher resizes its input itself ({counts['teacher'].resizes}), so its "
-        "FLOPs do not depend on the input size; the student's grow with it (attention quadratically), and the "
+        "FLOPs depend only on the input's aspect ratio; the student's grow with its size, and the "
         "paper's input size is not stated. Latency, memory and FPS are not "
         "measured here (no paper-size model runs on this machine), nor AP (random weights).",
         f"measured: the `{cfg.profile}` profile's own teacher and student, {trained}, timed on {teacher['device']} "
