@@ -237,18 +237,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_efficiency(args: argparse.Namespace) -> None:
     from castlib.engine.distributed import resolve_device
-    from castlib.eval.efficiency import teacher_vs_student
-    from castlib.report.tables import write_table
+    from castlib.eval.efficiency import fig2_table, write_fig2_table
 
     cfg = config_from_args(args)
-    table = teacher_vs_student(cfg, args.teacher, args.student, resolve_device(cfg.device))
-    stem = f"{args.out}/efficiency_{cfg.profile}_{cfg.data.dataset}"
-    trained = "trained runs" if args.teacher or args.student else "models built from the config"
-    caption = (f"Teacher vs student efficiency (main-paper Fig. 2), profile `{cfg.profile}`, {trained}; "
-               f"setting per row (device, dtype, input size, batch, threads).")
-    for path in write_table(table.reset_index(names="model"), stem, caption):
+    table = fig2_table(cfg, args.teacher, args.student, resolve_device(cfg.device))
+    for path in write_fig2_table(table, f"{args.out}/efficiency_{cfg.profile}_{cfg.data.dataset}"):
         print(path)
-    print(table.T.to_string())
+    print(table.set_index("metric").to_string())
 
 
 def cmd_ceiling(args: argparse.Namespace) -> None:
@@ -391,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("efficiency", help="teacher vs student params, FLOPs, latency, FPS, memory (Fig. 2)")
+    p = sub.add_parser("efficiency", help="teacher vs student params, FLOPs, latency, FPS, memory (Fig. 2): the "
+                                          "paper's, the paper-size models counted here, the profile's measured")
     add_config_arguments(p)
     p.add_argument("--teacher", help="a trained teacher's model folder (a run's model/); default: from the config")
     p.add_argument("--student", help="a trained student's model folder; default: from the config")

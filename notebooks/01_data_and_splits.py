@@ -72,7 +72,7 @@ write_table(stats, out / "class_statistics")
 stats
 
 # %%
-fig = show_samples([train[i] for i in range(4)], train.classes.names)
+fig = show_samples([train[i] for i in range(4)], train.classes.names, data=cfg)
 save_figure(fig, out / "samples.png")
 
 # %% [markdown]
@@ -83,7 +83,7 @@ save_figure(fig, out / "samples.png")
 # %%
 torch.manual_seed(seed)
 views = labelled_dataset(cfg)
-fig = show_views(views[0])
+fig = show_views(views[0], data=cfg)
 save_figure(fig, out / "views.png")
 
 # %% [markdown]
@@ -93,4 +93,4 @@ save_figure(fig, out / "views.png")
 # %%
 from castlib.report.widgets import sample_browser
 
-sample_browser(train) if interactive else print("interactive=False: widget not shown")
+sample_browser(train, data=cfg) if interactive else print("interactive=False: widget not shown")

@@ -97,7 +97,7 @@ labels = S.pseudo_labels(cfg, t_b)
 record(output_dir, "pseudo_instances_per_image", labels.metrics["instances_per_image"])
 record(output_dir, "runs", {"teacher_init": t0.id, "teacher_finetune": t_a.id, "teacher_self_training": t_b.id,
                             "pseudo_labels": labels.id})
-save_figure(pseudo_label_figure(*pseudo_label_examples(cfg, labels)), figures / "teacher_pseudo_labels.png")
+save_figure(pseudo_label_figure(*pseudo_label_examples(cfg, labels), data=cfg), figures / "teacher_pseudo_labels.png")
 
 # %%
 steps = pd.DataFrame([{"step": name, "run": run.id, "AP": run.metrics["ap"], "AP50": run.metrics["ap50"]}

@@ -22,8 +22,9 @@
 # main-paper Fig. 2 measures what distillation buys: the student has about a tenth of the teacher's
 # parameters, runs several times faster and needs a fraction of its memory, at a higher AP.
 # Here both come from the trained runs of the CAST pipeline (notebooks 02-04, reused). On `smoke` the
-# models are tiny and untrained (few instances clear the score threshold), and the sizes are the smoke
-# sizes: the figures show the format, not the method.
+# models are tiny and barely trained (maskAP is 0 by design), and the sizes are the smoke sizes: the figures
+# show the format, not the method; every figure and table names its data (synthetic set, image size, counts, or
+# the real root).
 
 # %% tags=["parameters"]
 profile = "smoke"  # smoke | mini | paper
@@ -32,7 +33,8 @@ data_root = ""  # a real dataset root, or empty for the synthetic set of the pro
 seeds = []  # unused here beyond the config (the CAST runs of the profile's `seed` are shown)
 runs_dir = ""  # where runs live; empty: the profile's runs_dir
 overrides = []  # more config overrides, "key=value" (the tests: a smaller synthetic set)
-min_score = 0.5  # predictions shown: score at least this
+min_score = 0.5  # the student's predictions shown: score at least this
+teacher_threshold = None  # the teacher's shown: box score above this; None: train.pseudo_labels.threshold (0.3)
 figures_dir = "results/figures"
 tables_dir = "results/tables"
 output_dir = "results/notebooks/07_qualitative_and_efficiency"
@@ -41,36 +43,56 @@ interactive = True  # show the widgets (headless runs set False)
 # %%
 from pathlib import Path
 
+from castlib.data.loaders import describe_data
 from castlib.engine import stages as S
 from castlib.engine.distributed import resolve_device
-from castlib.eval.efficiency import teacher_vs_student
+from castlib.eval.efficiency import fig2_table, write_fig2_table
 from castlib.notebooks import notebook_config, record
-from castlib.report.plots import efficiency_figure, prediction_figure, save_figure, validation_predictions
-from castlib.report.tables import write_table
+from castlib.report.plots import (
+    efficiency_figure,
+    prediction_figure,
+    save_figure,
+    selection_rule,
+    validation_predictions,
+)
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
 figures = Path(figures_dir)
 runs = S.cast(cfg)
+record(output_dir, "data", describe_data(cfg))
 
 # %% [markdown]
 # ## Supplementary Fig. 1: teacher $\theta_T''$ vs refined student $\theta_s^\dagger$ on validation images
+# The teacher's instances are those its pseudo-labels keep (box score above `train.pseudo_labels.threshold`,
+# supplementary Table 2's 0.3); the student's, its Mask2Former instances scoring at least `min_score`. Each
+# panel's title gives its count and the rule.
 
 # %%
-samples, predictions = validation_predictions(
-    cfg, {"teacher": (runs["teacher"], "teacher"), "student": (runs["refined"], "student")}, min_score=min_score)
+models = {"teacher": (runs["teacher"], "teacher"), "student": (runs["refined"], "student")}
+samples, predictions = validation_predictions(cfg, models, min_score=min_score, teacher_threshold=teacher_threshold)
+rules = {name: selection_rule(cfg, which, min_score, teacher_threshold) for name, (_, which) in models.items()}
 record(output_dir, "instances_shown", {name: [len(p) for p in found] for name, found in predictions.items()})
-save_figure(prediction_figure(samples, predictions), figures / "teacher_vs_student_predictions.png")
+record(output_dir, "instance_rules", rules)
+save_figure(prediction_figure(samples, predictions, rules, data=cfg), figures / "teacher_vs_student_predictions.png")
 
 # %% [markdown]
-# ## Fig. 2: parameters, latency, FPS and memory of the trained teacher and student
-# Measured in `eval.efficiency`'s setting (input size, batch, dtype, warm-up, repeats), on this machine.
+# ## Fig. 2: parameters, FLOPs, latency, FPS and memory of the trained teacher and student
+# Three column groups: the paper's numbers, the paper-size architectures (`configs/paper.yaml`) counted on this
+# CPU (parameters and FLOPs; random weights, never run), and this profile's trained models measured in
+# `eval.efficiency`'s setting (input size, batch, dtype, warm-up, repeats) on this machine. The notes and
+# provenance under the table say what each is and where it ran.
 
 # %%
-efficiency = teacher_vs_student(cfg, runs["teacher"].model_dir, runs["refined"].model_dir, resolve_device(cfg.device))
-write_table(efficiency.reset_index(names="model"), Path(tables_dir) / f"efficiency_trained_{cfg.data.dataset}",
-            f"Teacher vs student efficiency (main-paper Fig. 2), profile `{cfg.profile}`, the trained CAST runs "
-            f"{runs['teacher'].id} and {runs['refined'].id}.")
-record(output_dir, "efficiency", {m: {c: float(efficiency.loc[m, c]) for c in ("params_M", "latency_ms", "fps")}
-                                  for m in ("teacher", "student")})
+efficiency = fig2_table(cfg, runs["teacher"].model_dir, runs["refined"].model_dir, resolve_device(cfg.device),
+                        ap={"teacher": runs["teacher"].metrics["ap"], "student": runs["refined"].metrics["ap"]},
+                        runs={"teacher": runs["teacher"].id, "student": runs["refined"].id})
+write_fig2_table(efficiency, Path(tables_dir) / f"efficiency_trained_{cfg.data.dataset}")
+measured = efficiency.set_index("metric")
+record(output_dir, "efficiency", {
+    which: {key: float(measured.loc[label, f"measured {which}"])
+            for label, key in (("params (M)", "params_M"), ("latency (ms)", "latency_ms"), ("FPS", "fps"))}
+    for which in ("teacher", "student")})
+record(output_dir, "paper_size_params_M", {which: float(measured.loc["params (M)", f"paper-size {which}"])
+                                           for which in ("teacher", "student")})
 save_figure(efficiency_figure(efficiency), figures / "efficiency_teacher_vs_student.png")
-efficiency.T
+efficiency

@@ -85,3 +85,137 @@ def test_teacher_and_student_side_by_side_with_the_students_change(smoke_config)
     expected = 100 * (table.loc["student", "params_M"] / table.loc["teacher", "params_M"] - 1)
     assert table.loc["student vs teacher", "params_M"] == f"{expected:+.1f}%"
     assert table.loc["student", "input_size"] == tuple(cfg.eval.efficiency.input_size)
+
+
+class Tied(nn.Module):
+    """Two heads sharing one weight (as Grounding DINO's box heads do), and a buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+        self.b.weight = self.a.weight
+        self.register_buffer("scale", torch.ones(3))
+
+
+def test_a_shape_only_model_keeps_tied_weights_tied():
+    from castlib.eval.efficiency import parameter_counts, shape_only
+
+    model = shape_only(Tied)
+    assert model.a.weight is model.b.weight and model.a.weight.device.type == "cpu"
+    assert parameter_counts(model) == {"params": 16, "trainable": 16, "buffers": 3}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Main-paper Fig. 2 as a table (castlib efficiency).
+
+def fake_counts(teacher_flops=3e12, student_flops=1e12):
+    from castlib.eval.efficiency import ArchitectureCount
+
+    return {"teacher": ArchitectureCount("teacher", 559_000_000, int(teacher_flops), (1022, 2044), 1.0, "resized"),
+            "student": ArchitectureCount("student", 55_000_000, int(student_flops), (1022, 2044), 1.0)}
+
+
+def test_paper_size_models_have_the_papers_parameters_counted_from_their_architectures():
+    """configs/paper.yaml's architectures, built without weights: the teacher (MM-Grounding-DINO Swin-L + SAM2.1
+    Hiera-L) has the hub teacher's 559.5M parameters, within 2% of Fig. 2's 568M; the student (DINOv2-S + the
+    Mask2Former decoder) 54.8M, within 6% of Fig. 2's 52M."""
+    from castlib.eval.efficiency import paper_size_counts
+    from castlib.paper import FIG2_EFFICIENCY
+
+    counts = paper_size_counts("cityscapes", flops=False)
+    teacher, student = counts["teacher"].params, counts["student"].params
+    assert teacher == pytest.approx(559.5e6, rel=1e-3)
+    assert teacher == pytest.approx(FIG2_EFFICIENCY["teacher"]["params_M"] * 1e6, rel=0.02)
+    assert student == pytest.approx(54.8e6, rel=1e-3)
+    assert student == pytest.approx(FIG2_EFFICIENCY["student"]["params_M"] * 1e6, rel=0.06)
+    assert counts["teacher"].flops is None and counts["teacher"].input_size == (1022, 2044)  # paper.yaml's setting
+
+
+def test_paper_size_student_flops_grow_with_the_input():
+    """The student's FLOPs are counted at the input size asked for (2.4 s at 112x224): four times the pixels cost
+    3-6 times the FLOPs (the encoder's attention grows faster than the pixels, the decoder's queries slower)."""
+    from castlib.eval.efficiency import paper_size_counts
+
+    small = paper_size_counts(input_size=(112, 224), models=["student"])["student"].flops
+    large = paper_size_counts(input_size=(224, 448), models=["student"])["student"].flops
+    assert small > 1e10 and 3 * small < large < 6 * small
+
+
+@pytest.mark.slow
+def test_paper_size_teacher_flops_follow_the_aspect_ratio_not_the_size():
+    """The teacher resizes its input itself (Grounding DINO to a shorter side of 800, SAM2 to 1024x1024), so its
+    counted FLOPs (about 5.6 TFLOPs, 12 s to count) are one number for every image of an aspect ratio."""
+    from castlib.eval.efficiency import paper_size_counts
+
+    flops = [paper_size_counts(input_size=size, models=["teacher"])["teacher"].flops for size in ((112, 224),
+                                                                                                   (512, 1024))]
+    assert flops[0] == flops[1] > 1e12
+
+
+CHANGED_FIG2 = {"teacher": {"params_M": 600, "GFLOPs": 1000, "latency_ms": 400.0, "peak_memory_GB": 8.0, "fps": 2.5,
+                           "ap": 30.0},
+               "student": {"params_M": 60, "GFLOPs": 250, "latency_ms": 100.0, "peak_memory_GB": 1.0, "fps": 10.0,
+                           "ap": 36.0}}
+
+
+@pytest.fixture(scope="module")
+def fig2(tmp_path_factory):
+    """The smoke config and its Fig. 2 table (measured once: a few seconds), built with castlib.paper's Fig. 2
+    replaced by :data:`CHANGED_FIG2`, so that a number typed anywhere but castlib.paper would show."""
+    import castlib.paper
+    from castlib.config import load_config
+    from castlib.eval.efficiency import fig2_table
+
+    root = tmp_path_factory.mktemp("fig2")
+    cfg = load_config("smoke", [f"data.data_dir={root / 'data'}", "eval.efficiency.warmup=0",
+                                "eval.efficiency.repeats=1"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(castlib.paper, "FIG2_EFFICIENCY", CHANGED_FIG2)
+        table = fig2_table(cfg, paper_size=fake_counts(), ap={"teacher": 1.5, "student": 2.5},
+                           runs={"teacher": "aaa111", "student": "bbb222"})
+    return cfg, table
+
+
+def test_fig2_table_puts_the_papers_numbers_beside_the_paper_size_and_measured_models(fig2):
+    """The paper column is castlib.paper's constant, the paper-size columns are the counts, the measured ones the
+    profile's models, each group with the student's change."""
+    table = fig2[1].set_index("metric")
+    assert list(table.index) == ["params (M)", "GFLOPs", "latency (ms)", "peak memory (GB)", "FPS", "maskAP"]
+    assert table["paper teacher"].tolist() == [600, 1000, 400.0, 8.0, 2.5, 30.0]
+    assert table["paper student"].tolist() == [60, 250, 100.0, 1.0, 10.0, 36.0]
+    assert table.loc["params (M)", "paper change"] == "-90.0%" and table.loc["FPS", "paper change"] == "+300.0%"
+    assert table.loc["params (M)", "paper-size teacher"] == 559.0
+    assert table.loc["GFLOPs", "paper-size student"] == 1000.0 and table.loc["GFLOPs", "paper-size change"] == "-66.7%"
+    assert table.loc["latency (ms)", "paper-size teacher"] == "not measured"
+    measured = table.loc["params (M)", ["measured teacher", "measured student"]].tolist()
+    assert 0 < measured[1] < measured[0] < 10  # the smoke stand-ins: a few million parameters
+    assert table.loc["maskAP", "measured student"] == 2.5 and table.loc["maskAP", "measured change"] == "+66.7%"
+
+
+def test_fig2_table_names_its_data_commit_and_machine_and_says_smoke_ap_is_0(fig2, tmp_path):
+    from castlib.data.loaders import describe_data
+    from castlib.engine.runs import git_commit, hardware
+    from castlib.eval.efficiency import write_fig2_table
+
+    cfg, table = fig2
+    csv, md = write_fig2_table(table, tmp_path / "efficiency")
+    text = md.read_text()
+    assert describe_data(cfg) in text.splitlines()[0] and "synthetic set" in text
+    assert f"- commit: {git_commit()}" in text and f"- machine: {hardware()}" in text
+    assert "maskAP is 0 by design" in text and "tiny stand-ins" in text and "aaa111" in text
+    assert "not the paper's" in text
+    read = pd.read_csv(csv, comment="#")
+    assert read["metric"].tolist()[0] == "params (M)" and read.loc[0, "paper teacher"] == 600
+
+
+def test_the_efficiency_command_writes_the_fig2_table(tmp_path, monkeypatch, capsys):
+    import castlib.eval.efficiency as E
+    from castlib.__main__ import main
+
+    monkeypatch.setattr(E, "paper_size_counts", lambda dataset: fake_counts())
+    assert main(["efficiency", "--profile", "smoke", "--set", f"data.data_dir={tmp_path / 'data'}",
+                 "--set", "eval.efficiency.warmup=0", "--set", "eval.efficiency.repeats=1",
+                 "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "efficiency_smoke_cityscapes.md").read_text()
+    assert text.startswith("## Teacher vs student efficiency (main-paper Fig. 2) on the synthetic set")
+    assert "| params (M)       |          568    |           52    | -90.8%" in text

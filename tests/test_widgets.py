@@ -10,7 +10,7 @@ def test_the_sample_browser_redraws_when_the_slider_moves(cityscapes_root, monke
     drawn = []
     import matplotlib.pyplot as plt
 
-    def draw(samples, names, columns):
+    def draw(samples, names, columns, data=None):
         drawn.append(samples[0].image_id)
         return plt.figure()
 

@@ -87,11 +87,24 @@ def data_record(cfg: Config) -> dict:
 def describe_data(cfg: Config) -> str:
     """One line naming the data, for run records, tables and figures: ``synthetic set cityscapes-synthetic-smoke
     (40 train / 10 val images, 128x256)`` or ``real cityscapes at /datasets/cityscapes``."""
-    record = data_record(cfg)
+    return describe_data_record(data_record(cfg))
+
+
+def describe_data_record(record: dict) -> str:
+    """:func:`describe_data` of a :func:`data_record` (e.g. a run's ``run.json`` ``data_source``)."""
     if record["source"] == "real":
         return f"real {record['dataset']} at {record['root'] or '(no data.root set)'}"
     return (f"synthetic set {record['name']} ({record['train']} train / {record['val']} val images, "
             f"{record['image_size']})")
+
+
+SMOKE_AP_NOTE = ("on smoke, maskAP is 0 by design (tiny models trained a few iterations exercise every code path, "
+                 "not learning)")
+
+
+def data_note(data: str, profile: str | None) -> str:
+    """The data line of a figure or table caption: ``data: <describe_data>``, and on smoke that AP is 0 by design."""
+    return f"data: {data}" + (f"; {SMOKE_AP_NOTE}" if profile == "smoke" else "")
 
 
 def prepare_data(cfg: Config, progress: bool = False) -> Path:

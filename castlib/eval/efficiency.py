@@ -223,6 +223,168 @@ def teacher_vs_student(cfg, teacher_dir: str | Path | None = None, student_dir: 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Main-paper Fig. 2 as a table: the paper's numbers, the paper-size architectures counted here, a profile's models.
+
+# Fig. 2's rows: label -> the key of :data:`castlib.paper.FIG2_EFFICIENCY` (and of the measured values).
+FIG2_ROWS = {"params (M)": "params_M", "GFLOPs": "GFLOPs", "latency (ms)": "latency_ms",
+             "peak memory (GB)": "peak_memory_GB", "FPS": "fps", "maskAP": "ap"}
+FIG2_DIGITS = {"params_M": 3, "GFLOPs": 3, "latency_ms": 2, "peak_memory_GB": 4, "fps": 2, "ap": 2}
+NOT_MEASURED = "not measured"
+PAPER_SIZE_PROFILE = "paper"
+
+
+@dataclass
+class ArchitectureCount:
+    """A model's parameters and forward FLOPs counted from its architecture (random weights, never run)."""
+
+    model: str
+    params: int
+    flops: int | None  # one forward pass of one image at ``input_size``; None where not counted
+    input_size: tuple[int, int]
+    seconds: float  # to build and count
+    resizes: str = ""  # what the model resizes its input to by itself, where it does
+
+
+def paper_size_counts(dataset: str = "cityscapes", input_size: Sequence[int] | None = None, flops: bool = True,
+                      models: Sequence[str] = ("teacher", "student"), profile: str = PAPER_SIZE_PROFILE,
+                      ) -> dict[str, ArchitectureCount]:
+    """The paper-size teacher's and student's parameters and FLOPs (``configs/paper.yaml``'s architectures:
+    MM-Grounding-DINO Swin-L + SAM2.1 Hiera-L, DINOv2-S + the Mask2Former decoder), counted on this machine's CPU:
+    each model built on the meta device (:func:`shape_only`: random weights never materialised), its parameters
+    counted, and the FLOPs of one forward pass of one ``input_size`` image (default: the paper profile's
+    ``eval.efficiency.input_size`` for ``dataset``) counted on fake tensors (:func:`count_flops`). Computed on
+    every call, nothing cached: about 15 s on one core, most of it the teacher's FLOPs. The teacher resizes its
+    input itself (``resizes``: Grounding DINO to its processor's size, SAM2 to its square input), so its FLOPs
+    follow the aspect ratio of ``input_size`` only (1022x2044: 5.57 TFLOPs, 644x644: 5.13); the student's follow
+    its size."""
+    from castlib.config import load_config
+    from castlib.data.classes import CLASS_LISTS
+    from castlib.models import build_model
+
+    cfg = load_config(profile, [f"data.dataset={dataset}"])
+    size = tuple(int(v) for v in (input_size or cfg.eval.efficiency.input_size))
+    detector, segmenter = cfg.model.teacher.detector, cfg.model.teacher.segmenter
+    resizes = {"teacher": f"Grounding DINO to a shorter side of {detector.short_side} (longer at most "
+                          f"{detector.max_size}), SAM2 to {segmenter.image_size}x{segmenter.image_size}", "student": ""}
+    out = {}
+    for which in models:
+        started = time.perf_counter()
+        model = shape_only(lambda which=which: build_model(cfg, which, len(CLASS_LISTS[dataset]), pretrained=False))
+        counted = count_flops(model, size, backward=False, encode=False).forward if flops else None
+        out[which] = ArchitectureCount(which, parameter_counts(model)["params"], counted, size,
+                                       time.perf_counter() - started, resizes[which])
+        del model
+    return out
+
+
+def _change(teacher, student) -> str:
+    """The student's change relative to the teacher, as Fig. 2 prints it (``-90.8%``), or ``-``."""
+    if not all(isinstance(v, int | float) for v in (teacher, student)) or not teacher:
+        return "-"
+    return f"{100 * (student / teacher - 1):+.1f}%"
+
+
+def fig2_table(cfg, teacher_dir: str | Path | None = None, student_dir: str | Path | None = None,
+               device: str | torch.device = "cpu", ap: Mapping[str, float] | None = None,
+               runs: Mapping[str, str] | None = None, paper_size: Mapping[str, ArchitectureCount] | None = None,
+               ) -> pd.DataFrame:
+    """Main-paper Fig. 2 for a config, one row per metric (:data:`FIG2_ROWS`) and three teacher / student / change
+    column groups: ``paper`` (:data:`castlib.paper.FIG2_EFFICIENCY`, as printed), ``paper-size`` (the paper's
+    architectures counted on this CPU, :func:`paper_size_counts`: parameters and FLOPs only, latency, memory and
+    FPS not measured) and ``measured`` (the config's own models timed by :func:`teacher_vs_student` on
+    ``device``: trained ones from ``teacher_dir`` / ``student_dir``, else random weights; their maskAP from
+    ``ap`` where given, e.g. the runs' ``metrics.json``; ``runs`` names them).
+
+    The caption, notes (what each column is, the measuring setting, what the profile's models are) and provenance
+    (data, profile, commit, machine, torch) travel in ``table.attrs``; :func:`write_fig2_table` writes them.
+    ``paper_size`` passes counts made before (else they are computed here)."""
+    from castlib import paper
+    from castlib.data.loaders import SMOKE_AP_NOTE, describe_data
+    from castlib.engine.runs import git_commit, hardware
+
+    measured = teacher_vs_student(cfg, teacher_dir, student_dir, device)
+    counts = paper_size if paper_size is not None else paper_size_counts(cfg.data.dataset)
+    values: dict[str, dict[str, dict]] = {"paper": paper.FIG2_EFFICIENCY, "paper-size": {}, "measured": {}}
+    for which in ("teacher", "student"):
+        row, count = measured.loc[which], counts[which]
+        memory = row["peak_memory_mb"]
+        values["measured"][which] = {
+            "params_M": row["params_M"], "GFLOPs": row["GFLOPs"], "latency_ms": row["latency_ms"],
+            "peak_memory_GB": NOT_MEASURED if memory is None or pd.isna(memory) else memory / 1024,
+            "fps": row["fps"], "ap": (ap or {}).get(which, "-")}
+        values["paper-size"][which] = {
+            "params_M": count.params / 1e6, "GFLOPs": "-" if count.flops is None else count.flops / 1e9,
+            "latency_ms": NOT_MEASURED, "peak_memory_GB": NOT_MEASURED, "fps": NOT_MEASURED, "ap": "-"}
+    rows = []
+    for label, key in FIG2_ROWS.items():
+        row = {"metric": label}
+        for group, models in values.items():
+            cells = [models[m][key] for m in ("teacher", "student")]
+            cells = [round(float(v), FIG2_DIGITS[key]) if isinstance(v, int | float) else v for v in cells]
+            row |= {f"{group} teacher": cells[0], f"{group} student": cells[1],
+                    f"{group} change": _change(*cells)}
+        rows.append(row)
+    table = pd.DataFrame(rows)
+
+    data, setting = describe_data(cfg), cfg.eval.efficiency
+    teacher, student = measured.loc["teacher"], measured.loc["student"]
+    size = counts["teacher"].input_size
+    trained = (f"the trained runs {runs['teacher']} (teacher) and {runs['student']} (student)" if runs else
+               "trained models" if teacher_dir or student_dir else "built from the config with random weights")
+    notes = [
+        "paper: main-paper Fig. 2 as printed (castlib.paper.FIG2_EFFICIENCY; spec section 11); the paper states no "
+        "hardware, input size, precision or FLOP convention (spec section 10); its maskAP is Cityscapes val "
+        "(the adapted teacher theta_T'' and the refined student theta_s+, main Table 1).",
+        f"paper-size: configs/{PAPER_SIZE_PROFILE}.yaml's teacher (MM-Grounding-DINO Swin-L + SAM2.1 Hiera-L) and "
+        f"student (DINOv2-S + Mask2Former decoder) built on the meta device with random weights (never "
+        f"materialised), parameters counted and the FLOPs of one forward pass of one {size[0]}x{size[1]} image "
+        f"(the {PAPER_SIZE_PROFILE} profile's eval.efficiency.input_size) counted by torch's FlopCounterMode on "
+        f"fake tensors, on this machine's CPU in {counts['teacher'].seconds + counts['student'].seconds:.0f} s "
+        "(matrix products and convolutions, a multiply-add as 2 FLOPs; element-wise operators, interpolation and "
+        f"grid_sample not counted). The teacher resizes its input itself ({counts['teacher'].resizes}), so its "
+        "FLOPs depend only on the input's aspect ratio; the student's grow with its size, and the "
+        "paper's input size is not stated. Latency, memory and FPS are not "
+        "measured here (no paper-size model runs on this machine), nor AP (random weights).",
+        f"measured: the `{cfg.profile}` profile's own teacher and student, {trained}, timed on {teacher['device']} "
+        f"({teacher['threads']} threads), {teacher['dtype']}, input {setting.input_size[0]}x{setting.input_size[1]}, "
+        f"batch {teacher['batch_size']}: latency the median of {teacher['repeats']} forward passes after "
+        f"{teacher['warmup']} warm-up ones (interquartile range teacher {teacher['latency_iqr_ms']} ms, student "
+        f"{student['latency_iqr_ms']} ms), FPS = batch / latency; peak memory: {teacher['memory_method']}.",
+    ]
+    if cfg.profile != PAPER_SIZE_PROFILE:
+        notes.append(f"The `{cfg.profile}` models are tiny stand-ins sized for a CPU (teacher "
+                     f"{teacher['params_M']}M, student {student['params_M']}M parameters), so their student / "
+                     "teacher ratios are not the paper's: compare the paper column with the paper-size one.")
+    if cfg.profile == "smoke":
+        notes.append(f"{SMOKE_AP_NOTE[0].upper()}{SMOKE_AP_NOTE[1:]}.")
+    table.attrs.update({
+        "caption": (f"Teacher vs student efficiency (main-paper Fig. 2) on the {data}, profile `{cfg.profile}`: the "
+                    "paper's numbers, the paper-size architectures counted on this CPU, and the profile's own "
+                    "models measured"),
+        "notes": notes,
+        "provenance": {"data": data, "profile": cfg.profile, "dataset": cfg.data.dataset, "commit": git_commit(),
+                       "machine": hardware(), "torch": torch.__version__, **({"runs": " ".join(runs.values())}
+                                                                              if runs else {})},
+        "profile": cfg.profile, "data": data, "measured_on": teacher["device"],
+    })
+    return table
+
+
+def write_fig2_table(table: pd.DataFrame, stem: str | Path) -> tuple[Path, Path]:
+    """``stem.csv`` (caption, notes and provenance as leading ``# `` lines: ``pandas.read_csv(path, comment="#")``)
+    and ``stem.md`` (caption, table, notes, provenance) of :func:`fig2_table`, both atomic."""
+    from castlib.io import write_text_atomic
+
+    stem, attrs = Path(stem), table.attrs
+    facts = [f"{key}: {value}" for key, value in attrs["provenance"].items()]
+    header = "".join(f"# {line}\n" for line in [attrs["caption"], *attrs["notes"], *facts])
+    csv = write_text_atomic(stem.with_suffix(".csv"), header + table.to_csv(index=False))
+    lines = [f"## {attrs['caption']}", "", table.to_markdown(index=False), "", "Notes:", "",
+             *(f"- {note}" for note in attrs["notes"]), "", "Provenance:", "", *(f"- {fact}" for fact in facts)]
+    return csv, write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # FLOPs and parameters without running the model (``python -m castlib plan``'s estimates).
 
 def _skip_tensor_checks() -> contextlib.ExitStack:
@@ -241,10 +403,23 @@ def _skip_tensor_checks() -> contextlib.ExitStack:
 
 def shape_only(build) -> nn.Module:
     """The model ``build()`` makes, with parameters that hold no values: built on the meta device (no
-    initialisation), then given uninitialised CPU storage, in eval mode. Good for shapes and FLOPs only."""
+    initialisation), then given uninitialised CPU storage, in eval mode. Good for shapes and FLOPs only.
+
+    ``Module.to_empty`` gives each module's parameters new storage one module at a time, so a parameter two
+    modules share (tied weights: Grounding DINO's box heads) would come back as two, 1.46M parameters too many on
+    the paper teacher; they are tied again here."""
     with torch.device("meta"):
         model = build()
-    return model.to_empty(device="cpu").eval()
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                owners.setdefault(id(param), []).append((module, name))
+    model.to_empty(device="cpu")
+    for (first, first_name), *others in owners.values():
+        for module, name in others:
+            module._parameters[name] = first._parameters[first_name]
+    return model.eval()
 
 
 @dataclass
@@ -292,7 +467,9 @@ def count_flops(model: nn.Module, input_size: Sequence[int], backward: bool = Tr
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Parameters (all, trainable) and persistent buffers of ``model``, counted (works on the meta device)."""
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters())  # a tied parameter once
+    shared = {id(p) for p in params.values()}
+    buffers = {id(t): t for t in model.state_dict(keep_vars=True).values() if id(t) not in shared}
     return {"params": sum(p.numel() for p in params.values()),
             "trainable": sum(p.numel() for p in params.values() if p.requires_grad),
-            "buffers": sum(t.numel() for name, t in model.state_dict().items() if name not in params)}
+            "buffers": sum(t.numel() for t in buffers.values())}

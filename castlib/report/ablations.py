@@ -37,7 +37,7 @@ import pandas as pd
 from castlib import paper
 from castlib.baselines.guided_distillation import guided_distillation
 from castlib.config import Config
-from castlib.data.loaders import describe_data
+from castlib.data.loaders import SMOKE_AP_NOTE, describe_data
 from castlib.engine import stages
 from castlib.engine.plan import current_plan, planning, training_seconds
 from castlib.engine.runs import Run, lineage, runs_dir
@@ -57,8 +57,7 @@ SHARED_TEACHER_NOTE = ("The rows vary the student's L_pxl (train.student.contras
                        "teacher; the paper reports them as student maskAP.")
 STD_NOTE = ("Reproduced cells: mean +- sample std over the seeds that have the run, n = that cell's own seed count; "
             "'orderings.md' beside the tables reads which of the paper's orderings the runs show.")
-SMOKE_NOTE = ("Smoke profile: AP is 0 by design. Its runs train for a few iterations on a tiny synthetic set to "
-              "check that every code path runs end to end; they are not long enough to learn (mini and paper are).")
+SMOKE_NOTE = f"Smoke profile: {SMOKE_AP_NOTE}; mini and paper train long enough to learn."
 
 
 def data_notes(cfg: Config) -> list[str]:

@@ -1,8 +1,15 @@
-"""Figures the notebooks and ``make reproduce`` share (matplotlib, headless-safe)."""
+"""Figures the notebooks and ``make reproduce`` share (matplotlib, headless-safe).
+
+Every figure states its data in the caption above it (:func:`data_caption`): the synthetic set with its image size and
+counts, or the real root (:func:`castlib.data.loaders.describe_data`), and on smoke that maskAP is 0 by design.
+A figure drawn from a config is given it (``data=cfg``); one drawn from runs' logs or from a table reads it from
+what they carry (``log.attrs`` of :func:`read_log`, ``table.attrs`` of the table builders).
+"""
 
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,11 +22,45 @@ from scipy.ndimage import binary_erosion
 from torchvision.transforms.v2 import functional as TF
 
 from castlib.config import Config
-from castlib.data.loaders import build_dataset, read_split_ids, val_dataset
+from castlib.data.loaders import (
+    build_dataset,
+    data_note,
+    describe_data,
+    describe_data_record,
+    read_split_ids,
+    val_dataset,
+)
 from castlib.data.sample import InstanceSample
 from castlib.engine.runs import Run, RunError
 from castlib.eval.inference import Prediction, instance_inference
 from castlib.io import atomic_path
+
+NOT_STATED = "data: not stated (the figure was given no config, run or table to read it from)"
+
+
+def data_caption(data: Config | str | pd.DataFrame | None = None) -> str:
+    """The data line of a figure: from a config (:func:`describe_data`, and on smoke that AP is 0 by design), a
+    table or log whose ``attrs`` name ``data`` and ``profile`` (:func:`read_log`, the table builders), or a line
+    given as it is; :data:`NOT_STATED` where there is none."""
+    if isinstance(data, Config):
+        return data_note(describe_data(data), data.profile)
+    if isinstance(data, pd.DataFrame):
+        return data_note(data.attrs["data"], data.attrs.get("profile")) if data.attrs.get("data") else NOT_STATED
+    return data or NOT_STATED
+
+
+def caption_figure(fig, data: Config | str | pd.DataFrame | None, title: str = "") -> None:
+    """``title`` (if any) and the data line (:func:`data_caption`) above the figure, wrapped to its width."""
+    width = max(40, int(fig.get_figwidth() * 15))  # characters of 7-point text per line
+    wrap = {"width": width, "break_long_words": False, "break_on_hyphens": False}
+    lines = [*textwrap.wrap(title, **wrap), *textwrap.wrap(data_caption(data), **wrap)]
+    fig.suptitle("\n".join(lines), fontsize=7 if not title else 8)
+    fig.tight_layout()
+
+
+def figure_caption(fig) -> str:
+    """The text above a figure (:func:`caption_figure`), lines joined by spaces (for tests and readers)."""
+    return " ".join(fig._suptitle.get_text().split()) if fig._suptitle is not None else ""
 
 
 def instance_colours(n: int, seed: int = 0) -> np.ndarray:
@@ -41,8 +82,10 @@ def overlay_instances(image: torch.Tensor, masks: torch.Tensor, alpha: float = 0
     return out
 
 
-def show_samples(samples: Sequence[InstanceSample], class_names: Sequence[str], columns: int = 2):
-    """A grid of images beside their ground-truth instances, titled with the class counts."""
+def show_samples(samples: Sequence[InstanceSample], class_names: Sequence[str], columns: int = 2,
+                 data: Config | str | None = None):
+    """A grid of images beside their ground-truth instances, titled with the class counts; ``data`` (the config)
+    names the data above it."""
     rows = (len(samples) + columns - 1) // columns
     fig, axes = plt.subplots(rows, 2 * columns, figsize=(5 * columns, 1.6 * rows * 2), squeeze=False)
     for ax in axes.flat:
@@ -56,12 +99,12 @@ def show_samples(samples: Sequence[InstanceSample], class_names: Sequence[str], 
         counts = np.bincount(s.labels.numpy(), minlength=len(class_names))
         top = ", ".join(f"{class_names[i]} {counts[i]}" for i in np.argsort(-counts)[:3] if counts[i])
         axes[r, 2 * c + 1].set_title(f"{len(s.labels)} instances: {top}", fontsize=7)
-    fig.tight_layout()
+    caption_figure(fig, data)
     return fig
 
 
-def show_views(sample: InstanceSample):
-    """Weak view with its masks beside the strong view of the same pixels."""
+def show_views(sample: InstanceSample, data: Config | str | None = None):
+    """Weak view with its masks beside the strong view of the same pixels; ``data`` (the config) names the data."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 2.6))
     axes[0].imshow(sample.image.permute(1, 2, 0).numpy().clip(0, 1))
     axes[0].set_title("weak view")
@@ -71,26 +114,32 @@ def show_views(sample: InstanceSample):
     axes[2].set_title("strong view (photometric only)")
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
+    caption_figure(fig, data)
     return fig
 
 
 def read_log(run: Run) -> pd.DataFrame:
-    """A run's ``log.csv`` (one row per logged iteration, one column per loss term and learning rate)."""
+    """A run's ``log.csv`` (one row per logged iteration, one column per loss term and learning rate), with the
+    run's data and profile (its ``run.json``) in ``attrs`` for the figures' data line."""
     path = run.dir / "log.csv"
     if not path.is_file():
         raise RunError(path, f"missing: run {run.id} ({run.stage}) has no training log")
-    return pd.read_csv(path)
+    log = pd.read_csv(path)
+    info = run.info
+    if info.get("data_source"):  # a run older than run.json's data_source gets none
+        log.attrs.update({"data": describe_data_record(info["data_source"]), "profile": info.get("profile"),
+                          "run": run.id})
+    return log
 
 
 _DEEP_SUPERVISION = re.compile(r"_\d+$")  # loss_mask_3: the same term at an intermediate decoder layer
 _DIAGNOSTICS = ("pxl/margin", "pxl/fnr")  # not loss terms: :func:`contrastive_diagnostics` plots them
 
 
-def training_curves(log: pd.DataFrame, title: str = ""):
+def training_curves(log: pd.DataFrame, title: str = "", data: Config | str | None = None):
     """Every loss term of a training log over iterations: one panel per term of J (L_sup, L_semi, L_pxl,
     their weighted sum), with its components; the deep-supervision copies of each term and the sampler's
-    diagnostics are left out."""
+    diagnostics are left out. Titled ``title`` and the data (``data``, else the run's, :func:`read_log`)."""
     groups: dict[str, list[str]] = {}
     for column in log.columns:
         if (column in ("iteration", "grad_norm", *_DIAGNOSTICS) or column.startswith("lr/")
@@ -105,16 +154,15 @@ def training_curves(log: pd.DataFrame, title: str = ""):
         ax.set_title(names.get(group, group), fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
         ax.legend(fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    caption_figure(fig, data or log, title)
     return fig
 
 
-def contrastive_diagnostics(logs: Mapping[str, pd.DataFrame]):
+def contrastive_diagnostics(logs: Mapping[str, pd.DataFrame], data: Config | str | None = None):
     """Proposition 3.1 (main Fig. 3): the empirical margin Delta_emp (positive minus sampled-negative
     similarity) and the false-negative rate of the sampled negatives over training, one line per sampler;
-    the dashed line at 0.5 is the bound p > 0.5 the proposition assumes."""
+    the dashed line at 0.5 is the bound p > 0.5 the proposition assumes. The data: ``data``, else the first
+    log's (:func:`read_log`)."""
     fig, (margin, fnr) = plt.subplots(1, 2, figsize=(9, 3))
     for name, log in logs.items():
         margin.plot(log["iteration"], log["pxl/margin"], label=name)
@@ -125,12 +173,14 @@ def contrastive_diagnostics(logs: Mapping[str, pd.DataFrame]):
     for ax in (margin, fnr):
         ax.set_xlabel("iteration", fontsize=8)
         ax.legend(fontsize=7)
-    fig.tight_layout()
+    caption_figure(fig, data or next(iter(logs.values()), None), "Proposition 3.1: margin and false negatives")
     return fig
 
 
-def pseudo_label_figure(ground_truth: Sequence[InstanceSample], pseudo: Sequence[InstanceSample]):
-    """Unlabelled images: the ground truth (never used in training) beside the teacher's pseudo-labels."""
+def pseudo_label_figure(ground_truth: Sequence[InstanceSample], pseudo: Sequence[InstanceSample],
+                        data: Config | str | None = None):
+    """Unlabelled images: the ground truth (never used in training) beside the teacher's pseudo-labels; ``data``
+    (the config) names the data."""
     fig, axes = plt.subplots(len(ground_truth), 2, figsize=(8, 2.2 * len(ground_truth)), squeeze=False)
     for row, (gt, pl) in zip(axes, zip(ground_truth, pseudo, strict=True), strict=True):
         row[0].imshow(overlay_instances(gt.image, gt.masks))
@@ -139,7 +189,7 @@ def pseudo_label_figure(ground_truth: Sequence[InstanceSample], pseudo: Sequence
         row[1].set_title(f"teacher pseudo-labels, {len(pl.labels)} instances", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
+    caption_figure(fig, data)
     return fig
 
 
@@ -152,18 +202,44 @@ def pseudo_label_examples(cfg: Config, labels: Run, count: int = 3) -> tuple[lis
 
 
 def validation_predictions(cfg: Config, models: Mapping[str, tuple[Run, str]], count: int = 3,
-                           min_score: float = 0.5) -> tuple[list, dict[str, list[Prediction]]]:
+                           min_score: float = 0.5, teacher_threshold: float | None = None,
+                           ) -> tuple[list, dict[str, list[Prediction]]]:
     """The first ``count`` validation images and each model's predictions on them (``models``: name ->
-    (complete run, ``"teacher"`` or ``"student"``)), for :func:`prediction_figure`."""
+    (complete run, ``"teacher"`` or ``"student"``)), for :func:`prediction_figure`. A teacher's instances are
+    read as its pseudo-labels are (:func:`teacher_instances`: box score above ``teacher_threshold``, by default
+    ``train.pseudo_labels.threshold``, supplementary Table 2's 0.3); a student's are its Mask2Former instances
+    scoring at least ``min_score`` (:func:`predict`). :func:`selection_rule` says which, for the titles."""
     from castlib.engine.stages import load_model
 
     val = val_dataset(cfg)
     samples = [val[i] for i in range(min(count, len(val)))]
+    threshold = cfg.train.pseudo_labels.threshold if teacher_threshold is None else teacher_threshold
     predictions = {}
     for name, (run, which) in models.items():
         model = load_model(cfg, run, which)
-        predictions[name] = [predict(model, s, cfg.eval.top_k, min_score) for s in samples]
+        predictions[name] = [
+            teacher_instances(model, s, threshold, cfg.train.pseudo_labels.max_instances) if which == "teacher"
+            else predict(model, s, cfg.eval.top_k, min_score) for s in samples]
     return samples, predictions
+
+
+def selection_rule(cfg: Config, which: str, min_score: float = 0.5, teacher_threshold: float | None = None) -> str:
+    """How :func:`validation_predictions` chose the instances it shows of a ``which`` model, for a title."""
+    if which == "teacher":
+        threshold = cfg.train.pseudo_labels.threshold if teacher_threshold is None else teacher_threshold
+        return f"box score > {threshold:g}, the pseudo-label threshold"
+    return f"score >= {min_score:g}"
+
+
+def teacher_instances(model: torch.nn.Module, sample: InstanceSample, threshold: float = 0.3,
+                      max_instances: int = 100) -> Prediction:
+    """One image's instances as the teacher's pseudo-labels keep them (``predict_pseudo_labels``: boxes scoring
+    above ``threshold``, at most ``max_instances``, masks painted without overlap), best first."""
+    device = next(model.parameters()).device
+    image = TF.to_dtype(sample.image, torch.float32, scale=True)[None].to(device)
+    with torch.inference_mode():
+        found = model.predict_pseudo_labels(image, threshold, max_instances)[0]
+    return Prediction(masks=found["masks"].cpu(), labels=found["labels"].cpu(), scores=found["scores"].cpu())
 
 
 def predict(model: torch.nn.Module, sample: InstanceSample, top_k: int = 100, min_score: float = 0.5,
@@ -178,9 +254,12 @@ def predict(model: torch.nn.Module, sample: InstanceSample, top_k: int = 100, mi
     return Prediction(masks=found.masks[keep], labels=found.labels[keep], scores=found.scores[keep])
 
 
-def prediction_figure(samples: Sequence[InstanceSample], predictions: Mapping[str, Sequence[Prediction]]):
+def prediction_figure(samples: Sequence[InstanceSample], predictions: Mapping[str, Sequence[Prediction]],
+                      rules: Mapping[str, str] | None = None, data: Config | str | None = None):
     """Supplementary Fig. 1: per validation image, the ground truth and each model's predictions side by side
-    (``predictions`` by model name, e.g. teacher then student)."""
+    (``predictions`` by model name, e.g. teacher then student), each panel titled with its instance count and
+    the rule that chose them (``rules`` by name, :func:`selection_rule`); ``data`` (the config) names the data."""
+    rules = rules or {}
     columns = ["ground truth", *predictions]
     fig, axes = plt.subplots(len(samples), len(columns), figsize=(3.8 * len(columns), 2.1 * len(samples)),
                              squeeze=False)
@@ -188,33 +267,46 @@ def prediction_figure(samples: Sequence[InstanceSample], predictions: Mapping[st
         shown = [(sample.masks, len(sample.labels))] + [(p[i].masks, len(p[i])) for p in predictions.values()]
         for ax, name, (masks, count) in zip(axes[i], columns, shown, strict=True):
             ax.imshow(overlay_instances(sample.image, masks))
-            ax.set_title(f"{name}: {count} instances", fontsize=7)
+            rule = f" ({rules[name]})" if name in rules else ""
+            ax.set_title(f"{name}: {count} instance{'' if count == 1 else 's'}{rule}", fontsize=7)
             ax.axis("off")
-    fig.tight_layout()
+    caption_figure(fig, data, "validation images: ground truth and each model's instances")
     return fig
 
 
-EFFICIENCY_PANELS = {"params_M": "parameters (M)", "latency_ms": "latency (ms)", "fps": "FPS",
-                     "peak_memory_mb": "peak memory (MB)"}
+EFFICIENCY_PANELS = {"params (M)": "parameters (M)", "latency (ms)": "latency (ms)", "FPS": "FPS",
+                     "peak memory (GB)": "peak memory (GB)"}
 
 
-def efficiency_figure(table: pd.DataFrame):
-    """Main-paper Fig. 2: teacher vs student parameters, latency, FPS and memory (rows ``teacher`` and
-    ``student`` of :func:`castlib.eval.efficiency.teacher_vs_student`), the student's change on each bar."""
+def efficiency_figure(table: pd.DataFrame, data: Config | str | None = None):
+    """Main-paper Fig. 2: the measured teacher vs student parameters, latency, FPS and memory (the ``measured``
+    columns of :func:`castlib.eval.efficiency.fig2_table`), each panel titled with the student's change beside
+    the paper's (and the paper-size models' where counted); the caption names the profile, the device and the
+    data (``data``, else the table's)."""
+    rows = table.set_index("metric") if "metric" in table.columns else table
     fig, axes = plt.subplots(1, len(EFFICIENCY_PANELS), figsize=(3 * len(EFFICIENCY_PANELS), 2.8))
-    for ax, (column, label) in zip(axes, EFFICIENCY_PANELS.items(), strict=True):
-        values = [float(table.loc[m, column]) for m in ("teacher", "student")]
-        ax.bar(["teacher", "student"], values, color=["#4c72b0", "#dd8452"])
-        change = table.loc["student vs teacher", column] if "student vs teacher" in table.index else ""
-        ax.set_title(f"{label}\nstudent {change}" if isinstance(change, str) and change else label, fontsize=9)
-    fig.tight_layout()
+    for ax, (metric, label) in zip(axes, EFFICIENCY_PANELS.items(), strict=True):
+        row = rows.loc[metric]
+        values = [row["measured teacher"], row["measured student"]]
+        if all(isinstance(v, int | float) for v in values):
+            ax.bar(["teacher", "student"], [float(v) for v in values], color=["#4c72b0", "#dd8452"])
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        changes = [f"measured {row['measured change']}", f"paper {row['paper change']}"]
+        changes += [f"paper-size {row['paper-size change']}"] if row["paper-size change"] != "-" else []
+        ax.set_title(f"{label}\n" + ", ".join(changes), fontsize=8)
+    profile = table.attrs.get("profile", "?")
+    title = (f"main-paper Fig. 2: the `{profile}` teacher and student measured on {table.attrs.get('measured_on', '?')}"
+             + ("" if profile == "paper" else f" (`{profile}` models are tiny stand-ins: their ratios are not "
+                                                "the paper's)"))
+    caption_figure(fig, data or table, title)
     return fig
 
 
-def label_fraction_figure(table: pd.DataFrame):
+def label_fraction_figure(table: pd.DataFrame, data: Config | str | None = None):
     """Supplementary Table 8 as curves: maskAP against the labelled fraction per method, reproduced (solid,
     mean over seeds, where run) and the paper's (dashed); columns ``"N% labels"`` of
-    :func:`castlib.report.ablations.table8`."""
+    :func:`castlib.report.ablations.table8`. The data: ``data``, else the table's (``attrs``)."""
     columns = [c for c in table.columns if c.endswith("% labels") and not c.startswith("paper ")]
     fractions = [float(c.split("%")[0]) for c in columns]
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -227,7 +319,7 @@ def label_fraction_figure(table: pd.DataFrame):
     ax.set_xlabel("labelled fraction (%)")
     ax.set_ylabel("maskAP")
     ax.legend(fontsize=6)
-    fig.tight_layout()
+    caption_figure(fig, data or table, "supplementary Table 8: maskAP by labelled fraction")
     return fig
 
 

@@ -19,8 +19,10 @@ from castlib.report.ablations import with_label_fraction, with_student_contrasti
 from castlib.report.plots import contrastive_diagnostics, read_log, show_samples, training_curves
 
 
-def sample_browser(dataset: InstanceDataset, class_names: Sequence[str] | None = None) -> W.Widget:
-    """A slider over the dataset's images showing each with its instances."""
+def sample_browser(dataset: InstanceDataset, class_names: Sequence[str] | None = None,
+                   data: Config | str | None = None) -> W.Widget:
+    """A slider over the dataset's images showing each with its instances (``data``: the config, for the figure's
+    data line)."""
     names = class_names or dataset.classes.names
     out = W.Output()
     slider = W.IntSlider(value=0, min=0, max=max(len(dataset) - 1, 0), description="image")
@@ -28,7 +30,7 @@ def sample_browser(dataset: InstanceDataset, class_names: Sequence[str] | None =
     def draw(change=None) -> None:
         with out:
             out.clear_output(wait=True)
-            fig = show_samples([dataset[slider.value]], names, columns=1)
+            fig = show_samples([dataset[slider.value]], names, columns=1, data=data)
             display(fig)
             plt.close(fig)
 
