@@ -169,6 +169,9 @@ def test_qualitative_and_efficiency_figures_from_the_trained_runs(executed):
     record = read_record(root / "07_qualitative_and_efficiency")
     assert record["efficiency"]["student"]["params_M"] < record["efficiency"]["teacher"]["params_M"]
     assert set(record["instances_shown"]) == {"teacher", "student"}
+    assert "0.3" in record["instance_rules"]["teacher"]  # the pseudo-labels' threshold (Table 2), not 0.5
+    assert record["paper_size_params_M"]["teacher"] == pytest.approx(559.5, rel=2e-3)
+    assert "synthetic set" in record["data"]
     _figures(root, "teacher_vs_student_predictions.png", "efficiency_teacher_vs_student.png")
 
 
