@@ -15,6 +15,8 @@ from castlib.errors import CastError
 # data, and doctor reports it among its findings).
 DATA_COMMANDS = ("split", "prepare", "train", "table", "ceiling", "pseudo-quality")
 TRAINING_COMMANDS = ("train", "table")  # commands that train runs: they name the runs trained and reused
+
+
 def finite_float(text: str) -> float:
     """An argparse type: a finite number (``inf`` and ``nan`` are refused with the argument's name)."""
     import math
@@ -116,7 +118,7 @@ def train_baseline(cfg, args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train ``--stage`` and the runs it consumes, nothing after it (``pseudo_labels`` trains no student); complete
-    runs are reused. :func:`main` then names the runs trained and reused."""
+    runs are reused. :func:`run_command` then names the runs trained and reused."""
     from castlib.engine import stages as S
 
     cfg = config_from_args(args)

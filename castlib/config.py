@@ -123,7 +123,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
 # names the synthetic set (<data_dir>/synthetic/<dataset>-<name>) and its split folder (<splits_dir>/<dataset
 # name>/); profile names the efficiency tables (<out>/efficiency_<profile>_<dataset>).
 NAMES = ("profile", "data.synthetic.name")
-_NAME = re.compile(r"^(?!\.{1,2}$)[^/\\\x00]+$")
+_NAME = re.compile(r"(?!\.{1,2}\Z)[^/\\\x00]+")  # fullmatch: not . or .., no separator
 # Free-form sections whose keys are those of another section.
 _SECTION_LIKE = {"train.teacher.contrastive": "loss.contrastive", "train.student.contrastive": "loss.contrastive"}
 
@@ -167,10 +167,11 @@ def _check_unique_keys(node: yaml.Node, source: Path | None, prefix: str = "", s
             _check_unique_keys(item, source, f"{prefix.removesuffix('.')}[{i}].", seen)
 
 
-def load_yaml(text: str, source: Path | None = None) -> Any:
-    """``yaml.safe_load`` with :class:`_Loader`'s float rule; a key written twice in one mapping is a ConfigError
-    naming ``source``, the line and the dotted key (:func:`_check_unique_keys`)."""
-    loader = _Loader(text)
+def load_yaml(text: str, source: Path | None = None, as_written: bool = True) -> Any:
+    """``yaml.safe_load`` with :class:`_Loader`'s float rule (``as_written=False``: without it, for files
+    ``yaml.safe_dump`` wrote, which leaves a string such as ``1e-4`` unquoted); a key written twice in one mapping
+    is a ConfigError naming ``source``, the line and the dotted key (:func:`_check_unique_keys`)."""
+    loader = (_Loader if as_written else yaml.SafeLoader)(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -215,13 +216,14 @@ def as_config(obj: Any) -> Any:
     return obj
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; a missing file or a syntax error names the file."""
+def read_yaml(path: str | Path, as_written: bool = True) -> dict:
+    """Read a YAML mapping (:func:`load_yaml`); a missing file, a syntax error or a key written twice names the
+    file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, "<file>", "no such config file")
     try:
-        data = load_yaml(path.read_text(), path)
+        data = load_yaml(path.read_text(), path, as_written)
     except yaml.YAMLError as e:
         raise ConfigError(path, "<file>", f"not valid YAML: {e}") from e
     if data is None:
@@ -483,7 +485,7 @@ def _interval(bounds: tuple) -> str:
 
 def check_name(key: str, value: Any, source: Path | None = None) -> None:
     """A :data:`NAMES` value is one folder or file name: not empty, ``.`` or ``..``, without ``/`` or ``\\``."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise ConfigError(source, key, f"{value!r} is not a name: it names a folder inside a kit folder, so it must "
                                        "be a single name (no '/', '\\' or '..', not empty)")
 

@@ -61,7 +61,7 @@ ADDED_KEYS = {"model.teacher.detector.swin_window": 7, "model.teacher.detector.s
               "model.teacher.detector.num_feature_levels": 4, "model.teacher.detector.text_vocab_size": 0}
 
 
-RUN_ID = re.compile(r"^[0-9a-f]{12}$")  # what run_id gives: a run's folder name, never a path
+RUN_ID = re.compile(r"[0-9a-f]{12}")  # what run_id gives: a run's folder name, never a path
 
 
 class RunError(CastError):
@@ -207,7 +207,7 @@ class Run:
         path = self.dir / "config.yaml"
         if not path.is_file():
             raise RunError(path, "missing: the run folder is incomplete")
-        return as_config(read_yaml(path))  # a key written twice (an edit by hand) is an error naming it
+        return as_config(read_yaml(path, as_written=False))  # a key written twice (an edit) is an error naming it
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
         return write_json_atomic(self.dir / "metrics.json", dict(metrics))
@@ -324,7 +324,7 @@ def runs_dir(cfg: Config) -> Path:
 def open_run(cfg: Config, run_id_: str) -> Run:
     """An existing run by id (``python -m castlib evaluate --run <id>``); an id is :data:`RUN_ID` (12 hex digits),
     never a path, so a run outside ``runs_dir`` is never read or written."""
-    if not RUN_ID.match(str(run_id_)):
+    if not RUN_ID.fullmatch(str(run_id_)):
         raise RunError(runs_dir(cfg), f"{run_id_!r} is not a run id: a run id is 12 hex digits, the name of a run "
                                       "folder here (pass the folder holding the run as --runs-dir)")
     run = Run(run_id_, runs_dir(cfg) / run_id_)

@@ -53,7 +53,7 @@ def outside_run(workspace):
 
 
 @pytest.mark.parametrize("run_id", ["../other/abcdef012345", "../other/abcdef012345/", "./../other/abcdef012345",
-                                    "ABCDEF012345", "abcdef01234", ""])
+                                    "ABCDEF012345", "abcdef01234", "abcdef012345\n", ""])
 def test_evaluate_takes_a_run_id_never_a_path(cli, guard, outside_run, run_id):
     """`evaluate --run ../other/<id> --runs-dir R` evaluated, and wrote into, a run outside R."""
     runs, other = outside_run
