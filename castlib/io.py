@@ -29,21 +29,25 @@ _FULL_MESSAGES = ("No space left", "StorageFull", "Disk quota", "inline_containe
 
 
 class DiskFullError(FileAccessError):
-    """No space left where the kit writes: names the folder, the space the write needs and the space free."""
+    """No space left where the kit writes: names the folder, the space the write needs and the space free.
+    ``left``: what the failed write left behind (the sentence a rerun relies on); ``free_before``: the free space
+    before the write began (what is free once the partial file is gone)."""
 
     def __init__(self, folder: str | Path, what: str, needed: int | None, written: int = 0,
-                 cause: BaseException | None = None):
+                 cause: BaseException | None = None,
+                 left: str = "every finished file is kept, nothing partial was left", free_before: int = 0):
         folder = Path(folder)
-        free = _free_bytes(folder)
-        need = (f"needs about {human_size(needed)}" if needed else
-                f"needs more than the {human_size(written)} written when the disk filled" if written else
-                "needs more space than is free")
+        free = max(_free_bytes(folder), free_before)
+        need = (f"{what} needs about {human_size(needed)}, {human_size(free)} free there" if needed else
+                f"{what} needs more than the {human_size(written)} it wrote before the disk filled, "
+                f"{human_size(free)} free there" if written else
+                f"{what} needs more than the {human_size(free)} free there")
         self.needed, self.free = needed, free
-        # a writer's error without an errno (torch's zip writer) on a disk that has room again: say what it said
-        said = "" if cause is None or getattr(cause, "errno", None) or free < (needed or 2**20) else f" ({cause})"
-        super().__init__(folder, f"no space left on the device{said}: {what} {need}, {human_size(free)} free there; "
-                                 "free some space (or point the folder's setting at a larger disk) and run the same "
-                                 "command again: every finished file is kept, nothing partial was left")
+        # torch's zip writer says nothing of the cause: where the disk has room again, say what it said
+        unsure = cause is not None and "inline_container" in str(cause) and free >= (needed or 2**20)
+        super().__init__(folder, f"no space left on the device{f' ({cause})' if unsure else ''}: {need}; free some "
+                                 "space (or point the folder's setting at a larger disk) and run the same command "
+                                 f"again: {left}")
 
 
 def human_size(n: int | float | None) -> str:
@@ -90,6 +94,7 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
                                                          "make the folder writable or choose another") from e
     os.close(fd)
     tmp_path = Path(tmp)
+    free_before = _free_bytes(path.parent)  # a failed writer may hold the removed temporary file open a while longer
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
@@ -101,7 +106,7 @@ def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
             raise
         written = tmp_path.stat().st_size if tmp_path.exists() else 0
         tmp_path.unlink(missing_ok=True)
-        raise DiskFullError(path.parent, f"writing {path.name}", size, written, e) from e
+        raise DiskFullError(path.parent, f"writing {path.name}", size, written, e, free_before=free_before) from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -578,7 +578,8 @@ def generate(spec: SyntheticSpec, root: str | Path, progress: bool = False) -> P
                      (e.needed or 0) * _FILES_PER_IMAGE[spec.format])  # measured, else the failed file's kind
         _remove_partial(root, created)
         raise DiskFullError(root, f"the synthetic set ({total} images, {human_size(per_image)} each)",
-                            int(per_image * total)) from e
+                            int(per_image * total), left="what was drawn of the set is removed (the next call draws "
+                                                         "it whole)") from e
     return root
 
 
