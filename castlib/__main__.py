@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,19 @@ from castlib.errors import CastError
 # Commands that read the dataset: a real source without a root stops them before anything else (a plan needs no
 # data, and doctor reports it among its findings).
 DATA_COMMANDS = ("split", "prepare", "train", "table", "ceiling", "pseudo-quality")
+TRAINING_COMMANDS = ("train", "table")  # commands that train runs: they name the runs trained and reused
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (``inf`` and ``nan`` are refused with the argument's name)."""
+    import math
+
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 DEVICE_HELP = "overrides device: auto | cpu | cuda (on paper no CUDA is an error; --device cpu: the CPU on purpose)"
 
 
@@ -103,6 +117,8 @@ def train_baseline(cfg, args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """Train ``--stage`` and the runs it consumes, nothing after it (``pseudo_labels`` trains no student); complete
+    runs are reused. :func:`run_command` then names the runs trained and reused."""
     from castlib.engine import stages as S
 
     cfg = config_from_args(args)
@@ -124,10 +140,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         teacher = S.teacher_init(cfg, seed) if args.teacher == "zero_shot" else S.teacher_adaptation(cfg, args.variant,
                                                                                                     seed)
         runs = {"teacher": teacher}
-        if args.stage in STUDENT_STAGES:
-            wanted = STUDENT_STAGES.index(args.stage)
-            student = S.student_under(cfg, teacher, seed)
-            runs |= dict(list(student.items())[: wanted + 1])
+        if args.stage in STUDENT_STAGES:  # the chain up to the stage asked for, never past it
+            runs["pseudo_labels"] = S.pseudo_labels(cfg, teacher)
+            if args.stage != "pseudo_labels":
+                runs["student"] = S.knowledge_transfer(cfg, runs["pseudo_labels"], seed)
+            if args.stage in ("student_refinement", "cast"):
+                runs["refined"] = S.student_refinement(cfg, runs["student"], seed)
     for name, run in runs.items():
         metrics = run.metrics
         ap = f"AP {metrics['ap']:.2f} AP50 {metrics['ap50']:.2f}" if "ap" in metrics else ""
@@ -340,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.add_argument("--stage", required=True, choices=[*TRAIN_STAGES, *BASELINE_STAGES])
     p.add_argument("--backbone", help="baseline stages: a model.backbones entry (default: model.baseline_backbone)")
-    p.add_argument("--fraction", type=float, help="baseline stages: one of data.label_fractions "
+    p.add_argument("--fraction", type=finite_float, help="baseline stages: one of data.label_fractions "
                                                    "(default: data.label_fraction)")
     p.add_argument("--variant", default="self_training_contrastive",
                    choices=["finetune_only", "self_training", "self_training_contrastive"],
@@ -375,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs the wall time is divided by (default 1)")
     p.add_argument("--gpu-type", help="the GPU of the FLOPs estimates (default: this machine's CUDA device where "
                                       "known, else A100): A100, H100, H200, L40S, V100")
-    p.add_argument("--utilisation", type=float,
+    p.add_argument("--utilisation", type=finite_float,
                    help="share of the GPU's peak bf16 FLOP/s that the estimates assume (default 0.35)")
     p.set_defaults(func=cmd_plan)
 
@@ -434,6 +452,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(args: argparse.Namespace) -> int | None:
+    """``args.func(args)``; then, when it opened runs to train (train, table, ...), which it trained and which
+    complete ones it reused (:func:`castlib.engine.runs.describe_opened`), printed by one process under torchrun."""
+    if args.command not in TRAINING_COMMANDS:
+        return args.func(args)
+    from castlib.engine.runs import describe_opened, track_runs
+
+    with track_runs() as opened:
+        status = args.func(args)
+    if os.environ.get("RANK", "0") == "0":
+        for line in describe_opened(opened):
+            print(line)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command: the kit's errors and unreadable or unwritable files end in one ``error:`` line (exit 2),
     Ctrl-C in one line saying the run can be resumed (exit 130)."""
@@ -441,12 +474,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in DATA_COMMANDS:  # a missing data root stops the command in about a second
             config_from_args(args)
-        status = args.func(args)
+        status = run_command(args)
     except CastError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except PermissionError as e:
         print(f"error: {e.filename}: permission denied ({e.strerror})", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk where a write did not go through castlib.io (which names the folder itself)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f"{Path(e.filename).parent}: " if e.filename else ""
+        print(f"error: {where}no space left on the device ({e.strerror}); free some space (python -m castlib doctor "
+              "says how much the tables need) and run the same command again: every finished file is kept",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: every finished file is kept; run the same command again to resume from the last "

@@ -10,9 +10,14 @@ naming the file and the dotted key. Types come from the defaults:
 - an empty mapping ``{}`` admits any keys (free-form options), except the ``contrastive`` overrides of a
   training stage, whose keys and values are those of ``loss.contrastive``.
 
-Values are then range-checked (:data:`CHOICES`, :data:`RANGES`): enums from their lists, positive rates,
-batch sizes and iterations, fractions in (0, 1), again naming the dotted key. Numbers read as a user writes
-them, in files and ``--set`` alike: ``1e-4`` is a float (YAML 1.1 alone reads it as a string).
+Values are then range-checked (:data:`CHOICES`, :data:`RANGES`, :data:`NAMES`): enums from their lists, positive
+rates, batch sizes and iterations, fractions in (0, 1), every number finite (``.inf`` and ``.nan`` are errors), and
+names that become a folder or file name a single name (no ``/``, no ``..``), again naming the dotted key. Numbers
+read as a user writes them, in files and ``--set`` alike: ``1e-4`` is a float (YAML 1.1 alone reads it as a string).
+
+Every YAML file is read with :func:`load_yaml`: a mapping key written twice is an error naming the file, the line
+and the dotted key (plain YAML keeps the last silently). A profile file is a non-empty mapping; one that does not
+name itself (``profile: NAME``) is named after its file (``mine.yaml``: ``mine``), never after the defaults.
 """
 
 from __future__ import annotations
@@ -114,6 +119,11 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "baselines.guided_distillation.min_mask_area": _AT_LEAST_ZERO,
     "baselines.guided_distillation.mask_threshold": _PROBABILITY,
 }
+# Keys whose value names a folder or a file inside a kit folder: a single name, never a path. data.synthetic.name
+# names the synthetic set (<data_dir>/synthetic/<dataset>-<name>) and its split folder (<splits_dir>/<dataset
+# name>/); profile names the efficiency tables (<out>/efficiency_<profile>_<dataset>).
+NAMES = ("profile", "data.synthetic.name")
+_NAME = re.compile(r"(?!\.{1,2}\Z)[^/\\\x00]+")  # fullmatch: not . or .., no separator
 # Free-form sections whose keys are those of another section.
 _SECTION_LIKE = {"train.teacher.contrastive": "loss.contrastive", "train.student.contrastive": "loss.contrastive"}
 
@@ -132,9 +142,44 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with :class:`_Loader`'s float rule."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+def _check_unique_keys(node: yaml.Node, source: Path | None, prefix: str = "", seen: set[int] | None = None) -> None:
+    """Raise ConfigError at the first mapping key written twice in ``node`` (the composed YAML), naming its
+    dotted key and both lines. Keys merged in with ``<<`` may be replaced: that is what merging is for."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already walked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                _check_unique_keys(value, source, prefix, seen)
+                continue
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "<complex key>"
+            dotted, line = f"{prefix}{name}", key.start_mark.line + 1
+            if (key.tag, name) in lines:
+                raise ConfigError(source, dotted, f"line {line} repeats this key of line {lines[key.tag, name]} "
+                                                  "(YAML would keep only the last one); write it once")
+            lines[key.tag, name] = line
+            _check_unique_keys(value, source, f"{dotted}.", seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, source, f"{prefix.removesuffix('.')}[{i}].", seen)
+
+
+def load_yaml(text: str, source: Path | None = None, as_written: bool = True) -> Any:
+    """``yaml.safe_load`` with :class:`_Loader`'s float rule (``as_written=False``: without it, for files
+    ``yaml.safe_dump`` wrote, which leaves a string such as ``1e-4`` unquoted); a key written twice in one mapping
+    is a ConfigError naming ``source``, the line and the dotted key (:func:`_check_unique_keys`)."""
+    loader = (_Loader if as_written else yaml.SafeLoader)(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 class Config(dict):
@@ -171,13 +216,14 @@ def as_config(obj: Any) -> Any:
     return obj
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; a missing file or a syntax error names the file."""
+def read_yaml(path: str | Path, as_written: bool = True) -> dict:
+    """Read a YAML mapping (:func:`load_yaml`); a missing file, a syntax error or a key written twice names the
+    file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(path, "<file>", "no such config file")
     try:
-        data = load_yaml(path.read_text())
+        data = load_yaml(path.read_text(), path, as_written)
     except yaml.YAMLError as e:
         raise ConfigError(path, "<file>", f"not valid YAML: {e}") from e
     if data is None:
@@ -201,7 +247,9 @@ def _admits(default: Any, value: Any) -> bool:
 
 
 def _check_value(default: Any, value: Any, key: str, source: Path | None) -> Any:
-    """Return ``value`` converted to the default's type, or raise ConfigError."""
+    """Return ``value`` converted to the default's type, or raise ConfigError (a number must be finite)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(source, key, f"{value!r} is not a finite number")
     if isinstance(default, dict):
         if not isinstance(value, dict):
             raise ConfigError(source, key, f"expected a mapping, got {_type_name(value)} {value!r}")
@@ -255,7 +303,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(None, text, "an override must look like key.path=value")
     key, raw = text.split("=", 1)
-    return key.strip(), parse_value(raw)
+    try:
+        return key.strip(), parse_value(raw)
+    except ConfigError as e:  # a key written twice in a mapping value
+        raise ConfigError(OVERRIDE_SOURCE, f"{key.strip()}.{e.key}", e.problem) from None
 
 
 def _nest(dotted: str, value: Any) -> dict:
@@ -343,7 +394,12 @@ def load_config(
     defaults = read_yaml(DEFAULTS_FILE)
     path = profile_path(profile)
     profile_file = read_yaml(path)
+    if path != DEFAULTS_FILE and not profile_file:
+        raise ConfigError(path, "<file>", "empty: a profile sets at least its name (profile: NAME) and the keys it "
+                                          f"changes, as {CONFIG_DIR / 'smoke.yaml'} does")
     cfg = merge(defaults, profile_file, path)
+    if path != DEFAULTS_FILE and "profile" not in profile_file:  # named after its file, not the defaults' smoke
+        cfg["profile"] = path.stem
     items = list(overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides))
     nested = [_nest(key, value) for key, value in items]
     for override in nested:
@@ -413,12 +469,25 @@ def _check_range(key: str, value: Any, bounds: tuple, source: Path | None) -> No
         return
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
+    if not math.isfinite(value):
+        raise ConfigError(source, key, f"{value!r} is not a finite number; expected a value in {_interval(bounds)}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high or math.isnan(value):
-        interval = (f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}"
-                    f"{')' if high_open or high is None else ']'}")
-        raise ConfigError(source, key, f"{value!r} is out of range; expected a value in {interval}")
+    if too_low or too_high:
+        raise ConfigError(source, key, f"{value!r} is out of range; expected a value in {_interval(bounds)}")
+
+
+def _interval(bounds: tuple) -> str:
+    low, high, low_open, high_open = bounds
+    closing = ")" if high_open or high is None else "]"
+    return f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}{closing}"
+
+
+def check_name(key: str, value: Any, source: Path | None = None) -> None:
+    """A :data:`NAMES` value is one folder or file name: not empty, ``.`` or ``..``, without ``/`` or ``\\``."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ConfigError(source, key, f"{value!r} is not a name: it names a folder inside a kit folder, so it must "
+                                       "be a single name (no '/', '\\' or '..', not empty)")
 
 
 def _check_key(rule: str, value: Any, shown: str, source: Path | None) -> None:
@@ -426,13 +495,29 @@ def _check_key(rule: str, value: Any, shown: str, source: Path | None) -> None:
         raise ConfigError(source, shown, f"{value!r} is not one of {', '.join(CHOICES[rule])}")
     if rule in RANGES:
         _check_range(shown, value, RANGES[rule], source)
+    if rule in NAMES:
+        check_name(shown, value, source)
+
+
+def _check_finite(node: Any, prefix: str, source: Path | None) -> None:
+    """Every number in the config is finite (a null default admits a number: an optional limit)."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            _check_finite(value, f"{prefix}{key}.", source)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_finite(value, f"{prefix.removesuffix('.')}[{i}].", source)
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(source, prefix.removesuffix("."), f"{node!r} is not a finite number")
 
 
 def check_ranges(cfg: Mapping, source: Path | None) -> None:
-    """Enums from :data:`CHOICES`, numbers within :data:`RANGES`; the training stages' ``contrastive``
-    overrides are checked as ``loss.contrastive`` keys. Raises ConfigError naming the dotted key."""
-    for dotted in (*CHOICES, *RANGES):
+    """Enums from :data:`CHOICES`, numbers within :data:`RANGES` (and every number finite), single names for
+    :data:`NAMES`; the training stages' ``contrastive`` overrides are checked as ``loss.contrastive`` keys. Raises
+    ConfigError naming the dotted key."""
+    for dotted in (*CHOICES, *RANGES, *NAMES):
         _check_key(dotted, _lookup(cfg, dotted), dotted, source)
+    _check_finite(cfg, "", source)
     for key, like in _SECTION_LIKE.items():
         overrides = _lookup(cfg, key) or {}
         merge(_lookup(cfg, like), overrides, source, prefix=f"{key}.")

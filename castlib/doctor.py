@@ -97,17 +97,10 @@ def device(cfg: Config) -> Iterator[Finding]:
 
 
 def dataset(cfg: Config) -> Iterator[Finding]:
-    """The dataset root: format, image counts and problems (headers: formats, sizes, missing files)."""
+    """The dataset root: format, image counts and every problem ``prepare`` finds (the same code:
+    :func:`castlib.data.loaders.dataset_problems`, every pixel read), by file; then the split files (:func:`splits`)."""
     from castlib.config import README_DATA_SECTION, MissingDataRoot, check_data_source
-    from castlib.data.loaders import (
-        build_dataset,
-        dataset_problems,
-        dataset_root,
-        is_synthetic,
-        read_split_ids,
-        split_files,
-        synthetic_warning,
-    )
+    from castlib.data.loaders import build_dataset, dataset_problems, dataset_root, is_synthetic, synthetic_warning
 
     try:
         check_data_source(cfg)
@@ -127,10 +120,10 @@ def dataset(cfg: Config) -> Iterator[Finding]:
     warning = synthetic_warning(cfg)
     if warning:
         yield Finding("data", warning.removeprefix("warning: "))
-    problems = dataset_problems(cfg, decode=False)
+    problems = dataset_problems(cfg)  # what prepare's check_dataset checks: every pixel of every file
     if problems:
         for line in problems[:20]:
-            yield Finding("data", line, True, "fix or replace the file (python -m castlib prepare checks every pixel)")
+            yield Finding("data", line, True, "fix or replace the file")
         if len(problems) > 20:
             yield Finding("data", f"... and {len(problems) - 20} more problems", True)
     try:
@@ -138,16 +131,39 @@ def dataset(cfg: Config) -> Iterator[Finding]:
         yield Finding("data", f"{cfg.data.dataset} {kind} {root}: {counts['train']} train / {counts['val']} val images")
     except CastError:
         return
+    yield from splits(cfg)
+
+
+def splits(cfg: Config) -> Iterator[Finding]:
+    """The split files: those the config trains on exist and hold ids, and every problem ``prepare`` stops at
+    (:func:`castlib.data.loaders.split_problems`, the same code), by file."""
+    from castlib.data.loaders import read_split_ids, split_files, split_problems
+
+    prepare = f"python -m castlib prepare --profile {cfg.profile} --dataset {cfg.data.dataset}"
+    try:
+        problems = split_problems(cfg)
+    except CastError as e:  # the train set cannot be read (reported above) or split
+        yield Finding("splits", str(e), True, prepare)
+        return
+    for problem in problems:
+        fix = ("replace it with the split this dataset and seed give: " + prepare + " --force, or keep yours and "
+               "train on it (prepare stops at it)" if "differs from" in problem.problem
+               else f"fix the file, or {prepare} --force to replace the split files")
+        yield Finding("splits", str(problem), True, fix)
+    named = {p.path for p in problems}
+    shown = set(map(str, problems))
     for path, which in zip(split_files(cfg), ("labelled", "unlabelled"), strict=True):
-        try:
+        if path in named:
+            continue
+        try:  # the split training reads (data.label_fraction may be none of label_fractions)
             ids = read_split_ids(cfg, which)
         except CastError as e:
-            yield Finding("splits", str(e), True,
-                          f"python -m castlib prepare --profile {cfg.profile} --dataset {cfg.data.dataset}")
+            if str(e) not in shown:
+                shown.add(str(e))
+                yield Finding("splits", str(e), True, prepare)
             continue
-        problem = not ids
-        yield Finding("splits", f"{path}: {len(ids)} image ids, all in the dataset", problem,
-                      "python -m castlib prepare --force" if problem else "")
+        yield Finding("splits", f"{path}: {len(ids)} image ids, all in the dataset", not ids,
+                      f"{prepare} --force" if not ids else "")
 
 
 def needed_weights(cfg: Config, tables: Sequence[int]) -> dict[str, list[int]]:

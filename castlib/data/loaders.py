@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from castlib.config import PAPER_PROFILES, Config, check_data_source, repo_path
+from castlib.config import PAPER_PROFILES, Config, check_data_source, check_name, repo_path
 from castlib.data import splits as S
 from castlib.data.datasets import DATASETS, InstanceDataset
 from castlib.data.sample import InstanceSample, collate
@@ -54,7 +54,10 @@ def synthetic_spec(cfg: Config) -> SyntheticSpec:
 def dataset_name(cfg: Config) -> str:
     """``cityscapes`` / ``ade20k`` for real data, ``cityscapes-synthetic-smoke`` for a synthetic set."""
     dataset = _dataset(cfg)
-    return f"{dataset}-synthetic-{cfg.data.synthetic.name}" if is_synthetic(cfg) else dataset
+    if not is_synthetic(cfg):
+        return dataset
+    check_name("data.synthetic.name", cfg.data.synthetic.name)  # load_config checks it too: a folder name, no path
+    return f"{dataset}-synthetic-{cfg.data.synthetic.name}"
 
 
 def dataset_root(cfg: Config) -> Path:
@@ -229,49 +232,111 @@ def split_digest(cfg: Config, fraction: float | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def _guard_split(path: Path, image_ids: list[str], force: bool) -> None:
-    """A split file that exists is replaced only by the same ids, or with ``force``."""
-    if not image_ids:
-        raise DataError(path, "would be written with no image ids; the dataset's train set is empty")
-    if force or not path.is_file():
-        return
-    before = S.read_split(path)
-    if before != image_ids:
-        raise DataError(path, f"exists with {len(before)} image ids and differs from the {len(image_ids)} this "
-                              "dataset and seed give; nothing was written (pass --force to replace it)")
+@dataclass(frozen=True)
+class PlannedSplits:
+    """The split files :func:`make_splits` writes, by labelled/unlabelled pair, with the ids the dataset and seed
+    draw for each, and the train set's image ids."""
+
+    pairs: list[tuple[tuple[Path, list[str]], tuple[Path, list[str]]]]
+    train_ids: list[str]
 
 
-def make_splits(cfg: Config, force: bool = False) -> list[Path]:
-    """Write the split files of the config's dataset (all ``label_fractions`` for Cityscapes).
-
-    An existing file that differs is kept (an error) unless ``force``; no file is written before all pass."""
+def planned_splits(cfg: Config) -> PlannedSplits:
+    """The splits of the config's dataset (every ``label_fractions`` entry for Cityscapes; ADE20K's stratified
+    one), drawn from its train set; nothing is written."""
     dataset = _dataset(cfg)
     train = build_dataset(cfg, "train", load_annotations=dataset == "ade20k")
-    planned: list[tuple[Path, list[str]]] = []
     if not train.image_ids:
         raise DataError(train.image_dir(), "no training images: cannot draw split files")
+    pairs = []
     if dataset == "cityscapes":
         for fraction in cfg.data.label_fractions:
             split = S.label_fraction_split(train.image_ids, fraction, cfg.data.split_seed)
             labelled, unlabelled = split_files(cfg, fraction)
-            planned += [(labelled, split.labelled), (unlabelled, split.unlabelled)]
+            pairs.append(((labelled, split.labelled), (unlabelled, split.unlabelled)))
     else:
         n_labelled, n_unlabelled = S.ade20k_split_sizes(len(train))
         classes = {i: train.image_classes(i) for i in train.image_ids}
         split = S.stratified_split(classes, n_labelled, n_unlabelled, cfg.data.split_seed)
         labelled, unlabelled = split_files(cfg)
-        planned += [(labelled, split.labelled), (unlabelled, split.unlabelled)]
-    for path, ids in planned:
-        _guard_split(path, ids, force)
-    return [S.write_split(path, ids) for path, ids in planned]
+        pairs.append(((labelled, split.labelled), (unlabelled, split.unlabelled)))
+    return PlannedSplits(pairs, list(train.image_ids))
+
+
+def _overlap(labelled: Path, labelled_ids: list[str], unlabelled: Path, unlabelled_ids: list[str]) -> DataError | None:
+    """An image listed in both parts of a split (it would be trained on with its labels and with pseudo-labels)."""
+    labelled_set = set(labelled_ids)
+    both = [i for i in unlabelled_ids if i in labelled_set]
+    if not both:
+        return None
+    more = f" (and {len(both) - 1} more)" if len(both) > 1 else ""
+    return DataError(unlabelled, f"image {both[0]!r}{more} is also in the labelled split {labelled}: an image is "
+                                 "labelled or unlabelled, not both")
+
+
+def split_problems(cfg: Config, planned: PlannedSplits | None = None) -> list[DataError]:
+    """Every problem of the split files that exist among those :func:`make_splits` writes (``prepare`` and
+    ``doctor`` both run it), one per file: a line naming an image the train set lacks or repeating one, an image in
+    both the labelled and the unlabelled file of a pair, and otherwise ids that differ from those the dataset and
+    seed draw (``prepare`` keeps such a file and stops unless ``--force``). Missing files are not problems here."""
+    planned = planned_splits(cfg) if planned is None else planned
+    available = set(planned.train_ids)
+    problems: list[DataError] = []
+    for pair in planned.pairs:
+        read: dict[Path, list[str]] = {}
+        for path, _ in pair:
+            if path.is_file():
+                try:
+                    read[path] = S.read_split(path, available)
+                except DataError as e:
+                    problems.append(e)
+        (labelled, _), (unlabelled, _) = pair
+        both = _overlap(labelled, read[labelled], unlabelled, read[unlabelled]) if len(read) == 2 else None
+        if both is not None:
+            problems.append(both)
+            continue
+        for path, ids in pair:
+            if path in read and read[path] != ids:
+                problems.append(DataError(path, f"exists with {len(read[path])} image ids and differs from the "
+                                                f"{len(ids)} this dataset and seed give"))
+    return problems
+
+
+def make_splits(cfg: Config, force: bool = False) -> list[Path]:
+    """Write the split files of the config's dataset (:func:`planned_splits`).
+
+    A split file that exists with a problem (:func:`split_problems`: unknown or repeated ids, an image in both
+    parts, other ids than drawn) is kept and is an error unless ``force``; no file is written before all pass."""
+    planned = planned_splits(cfg)
+    files = [item for pair in planned.pairs for item in pair]
+    for path, ids in files:
+        if not ids:
+            raise DataError(path, "would be written with no image ids; the dataset's train set is empty")
+    problems = [] if force else split_problems(cfg, planned)
+    if len(problems) == 1:
+        raise DataError(problems[0].path, f"{problems[0].problem}; nothing was written (pass --force to replace "
+                                          "the split files)")
+    if problems:
+        shown = "\n  ".join(map(str, problems))
+        raise DataError(files[0][0].parent, f"{len(problems)} problem(s) in the split files; nothing was written "
+                                            f"(pass --force to replace them):\n  {shown}")
+    return [S.write_split(path, ids) for path, ids in files]
 
 
 def read_split_ids(cfg: Config, which: str, fraction: float | None = None) -> list[str]:
-    """The image ids of the ``labelled`` or ``unlabelled`` part, checked against the train set."""
+    """The image ids of the ``labelled`` or ``unlabelled`` part, checked against the train set and against the
+    other part (an image in both is an error naming the files)."""
     labelled, unlabelled = split_files(cfg, fraction)
-    path = {"labelled": labelled, "unlabelled": unlabelled}[which]
+    path, other = (labelled, unlabelled) if which == "labelled" else (unlabelled, labelled)
     available = DATASETS[_dataset(cfg)](dataset_root(cfg), "train", load_annotations=False).image_ids
-    return S.read_split(path, available)
+    ids = S.read_split(path, available)
+    if other.is_file():
+        other_ids = S.read_split(other)
+        both = _overlap(labelled, ids if which == "labelled" else other_ids, unlabelled,
+                        other_ids if which == "labelled" else ids)
+        if both is not None:
+            raise both
+    return ids
 
 
 def labelled_dataset(cfg: Config, strong: bool = True, fraction: float | None = None) -> InstanceDataset:

@@ -34,7 +34,7 @@ from castlib.data.classes import ADE20K, CITYSCAPES
 from castlib.data.datasets import encode_ade20k
 from castlib.data.domains import TARGET, DomainStyle, domain_style
 from castlib.errors import DataError
-from castlib.io import save_image_atomic, write_json_atomic, write_text_atomic
+from castlib.io import DiskFullError, human_size, save_image_atomic, write_json_atomic, write_text_atomic
 
 MANIFEST = "synthetic.json"
 MARKER = ".castlib-synthetic"  # written first: a folder with it is one castlib is (re)writing
@@ -555,20 +555,50 @@ def generate(spec: SyntheticSpec, root: str | Path, progress: bool = False) -> P
                                   "written (choose a new or empty folder)")
         for child in ("leftImg8bit", "gtFine", "images", "annotations_instance"):
             shutil.rmtree(root / child, ignore_errors=True)
-    write_text_atomic(root / MARKER, "a synthetic set castlib is writing or wrote; see synthetic.json\n")
+    created = not root.exists()
     writer = _WRITERS[spec.format]
     jobs = [(split, i) for split in ("train", "val") for i in range(getattr(spec, split))]
     if progress:
         from tqdm.auto import tqdm
 
         jobs = tqdm(jobs, desc=f"synthetic {spec.format}", unit="img")
-    for split, i in jobs:
-        writer(root, split, i, spec)
-    if spec.format == "ade20k":
-        write_json_atomic(root / "ade20k_instance_imgCatIds.json", ade20k_category_file())
-    manifest = {"spec": asdict(spec), "style": style, "note": "synthetic data drawn by castlib"}
-    write_json_atomic(root / MANIFEST, manifest)
+    done = 0
+    try:
+        write_text_atomic(root / MARKER, "a synthetic set castlib is writing or wrote; see synthetic.json\n")
+        for split, i in jobs:
+            writer(root, split, i, spec)
+            done += 1
+        if spec.format == "ade20k":
+            write_json_atomic(root / "ade20k_instance_imgCatIds.json", ade20k_category_file())
+        manifest = {"spec": asdict(spec), "style": style, "note": "synthetic data drawn by castlib"}
+        write_json_atomic(root / MANIFEST, manifest)
+    except DiskFullError as e:  # the set is redrawn whole on the next call: free its space now
+        total = spec.train + spec.val
+        per_image = (_folder_bytes(root) / done if done else
+                     (e.needed or 0) * _FILES_PER_IMAGE[spec.format])  # measured, else the failed file's kind
+        _remove_partial(root, created)
+        raise DiskFullError(root, f"the synthetic set ({total} images, {human_size(per_image)} each)",
+                            int(per_image * total), left="what was drawn of the set is removed (the next call draws "
+                                                         "it whole)") from e
     return root
+
+
+_FILES_PER_IMAGE = {"cityscapes": 5, "ade20k": 2}  # files write_cityscapes_image / write_ade20k_image write
+
+
+def _folder_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _remove_partial(root: Path, created: bool) -> None:
+    """Remove what :func:`generate` wrote of an unfinished set (the folders it draws into, its marker; the root
+    too when it made it)."""
+    for child in ("leftImg8bit", "gtFine", "images", "annotations_instance"):
+        shutil.rmtree(root / child, ignore_errors=True)
+    for name in (MARKER, "ade20k_instance_imgCatIds.json"):
+        (root / name).unlink(missing_ok=True)
+    if created and root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
 
 
 def _style_record(style: DomainStyle) -> dict:

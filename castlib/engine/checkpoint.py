@@ -44,9 +44,20 @@ def save_checkpoint(path: str | Path, *, iteration: int, model: torch.nn.Module,
         "extra": {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in (extra or {}).items()},
         "values": dict(values or {}),
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size=tensor_bytes(state)) as tmp:  # a full disk: one error naming the folder and size
         torch.save(state, tmp)
     return Path(path)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in a (nested) state: about the size ``torch.save`` writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

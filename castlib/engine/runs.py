@@ -23,15 +23,18 @@ finds it taken waits, then reuses the finished run.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import fcntl
 import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +43,7 @@ from typing import Any
 import torch
 import yaml
 
-from castlib.config import REPO_ROOT, Config, as_config
+from castlib.config import REPO_ROOT, Config, as_config, read_yaml
 from castlib.data.loaders import data_record
 from castlib.errors import CastError
 from castlib.io import write_json_atomic, write_text_atomic
@@ -56,6 +59,9 @@ IMPLIED_KEYS = ("data.source",)
 # only when it holds another value, so adding a knob keeps every earlier run valid (the registry's stand-ins).
 ADDED_KEYS = {"model.teacher.detector.swin_window": 7, "model.teacher.detector.swin_out_indices": [2, 3, 4],
               "model.teacher.detector.num_feature_levels": 4, "model.teacher.detector.text_vocab_size": 0}
+
+
+RUN_ID = re.compile(r"[0-9a-f]{12}")  # what run_id gives: a run's folder name, never a path
 
 
 class RunError(CastError):
@@ -149,7 +155,41 @@ class Run:
 
     @property
     def metrics(self) -> dict:
-        return _read_json(self.dir / "metrics.json")
+        path = self.dir / "metrics.json"
+        if not path.is_file() and (self.dir / "run.json").is_file():
+            raise RunError(path, f"missing: {self.way_forward()}")
+        return _read_json(path)
+
+    def way_forward(self) -> str:
+        """What recreates a missing ``metrics.json``: resuming an incomplete run, re-evaluating a complete one's
+        model (:func:`castlib.engine.stages.evaluate_run`, which keeps its training record), or redoing a run that
+        has no model to evaluate."""
+        if not self.complete:
+            return (f"run {self.id} ({self.stage}) is not complete; resume it with `python -m castlib train` (the "
+                    "arguments that started it)")
+        if (self.model_dir / "castlib_model.json").is_file():
+            return (f"recreate it with `python -m castlib evaluate --run {self.id} --runs-dir {self.dir.parent}` "
+                    "(evaluates the run's model again; its training record is kept)")
+        return (f"run {self.id} ({self.stage}) has no model to evaluate again; move {self.dir} away and run the "
+                "command that made it again")
+
+    def training_record(self) -> dict:
+        """The ``train`` section of the run's metrics (iterations and the last logged values), from
+        ``metrics.json``, else the copy ``complete.json`` keeps (:meth:`mark_complete`), else rebuilt from the last
+        row of ``log.csv`` (runs completed before that copy existed); ``{}`` when none has it."""
+        for name in ("metrics.json", "complete.json"):
+            path = self.dir / name
+            if path.is_file() and isinstance(_read_json(path).get("train"), dict):
+                return _read_json(path)["train"]
+        log = self.dir / "log.csv"
+        if not log.is_file():
+            return {}
+        with open(log, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            return {}
+        last = rows[-1]
+        return {"iterations": int(last.pop("iteration")) + 1, **{k: float(v) for k, v in last.items() if v != ""}}
 
     @property
     def checkpoint(self) -> Path:
@@ -167,14 +207,18 @@ class Run:
         path = self.dir / "config.yaml"
         if not path.is_file():
             raise RunError(path, "missing: the run folder is incomplete")
-        return as_config(yaml.safe_load(path.read_text()))
+        return as_config(read_yaml(path, as_written=False))  # a key written twice (an edit) is an error naming it
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
         return write_json_atomic(self.dir / "metrics.json", dict(metrics))
 
     def mark_complete(self, summary: Mapping[str, Any] | None = None) -> None:
-        write_json_atomic(self.dir / "complete.json", {"finished": _timestamp(),
-                                                       **(summary or {})})
+        """Write ``complete.json`` (the time, ``summary`` and a copy of the training record of ``metrics.json``, so
+        a re-evaluation after ``metrics.json`` was lost keeps it: :meth:`training_record`); release the lock."""
+        metrics = self.dir / "metrics.json"
+        train = _read_json(metrics).get("train") if metrics.is_file() else None
+        write_json_atomic(self.dir / "complete.json", {"finished": _timestamp(), **(summary or {}),
+                                                       **({"train": train} if isinstance(train, dict) else {})})
         release(self)
 
     def require_complete(self, role: str = "input") -> Run:
@@ -225,6 +269,44 @@ def release(run: Run) -> None:
         handle.close()
 
 
+@dataclass(frozen=True)
+class OpenedRun:
+    """A run :func:`create_run` opened while :func:`track_runs` was on, and whether it was complete then."""
+
+    run: Run
+    stage: str
+    was_complete: bool
+
+    @property
+    def trained(self) -> bool:
+        return not self.was_complete and self.run.complete
+
+
+_OPENED: list[dict[str, OpenedRun]] = []  # one dictionary per active track_runs, by run id
+
+
+@contextlib.contextmanager
+def track_runs() -> Iterator[dict[str, OpenedRun]]:
+    """Collect every run opened for training meanwhile (planning opens none), so a command can say which runs it
+    trained and which complete ones it reused (:func:`describe_opened`)."""
+    opened: dict[str, OpenedRun] = {}
+    _OPENED.append(opened)
+    try:
+        yield opened
+    finally:
+        _OPENED.remove(opened)
+
+
+def describe_opened(opened: Mapping[str, OpenedRun]) -> list[str]:
+    """Lines naming the runs trained (complete now, not before), the complete runs reused, and any left
+    incomplete; nothing when no run was opened."""
+    groups = {"trained": [o for o in opened.values() if o.trained],
+              "reused (complete already)": [o for o in opened.values() if o.was_complete],
+              "left incomplete": [o for o in opened.values() if not o.run.complete]}
+    return [f"{label}: {len(runs)} run{'s' if len(runs) != 1 else ''}: "
+            + ", ".join(f"{o.stage} {o.run.id}" for o in runs) for label, runs in groups.items() if runs]
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise RunError(path, "missing")
@@ -240,7 +322,11 @@ def runs_dir(cfg: Config) -> Path:
 
 
 def open_run(cfg: Config, run_id_: str) -> Run:
-    """An existing run by id (``python -m castlib evaluate --run <id>``)."""
+    """An existing run by id (``python -m castlib evaluate --run <id>``); an id is :data:`RUN_ID` (12 hex digits),
+    never a path, so a run outside ``runs_dir`` is never read or written."""
+    if not RUN_ID.fullmatch(str(run_id_)):
+        raise RunError(runs_dir(cfg), f"{run_id_!r} is not a run id: a run id is 12 hex digits, the name of a run "
+                                      "folder here (pass the folder holding the run as --runs-dir)")
     run = Run(run_id_, runs_dir(cfg) / run_id_)
     if not (run.dir / "run.json").is_file():
         raise RunError(run.dir, f"no run {run_id_} under {runs_dir(cfg)}")
@@ -258,6 +344,9 @@ def create_run(cfg: Config, stage: str, config: Mapping, inputs: Mapping[str, Ru
     ids = {role: run.id for role, run in inputs.items()}
     rid = run_id(stage, config, ids, seed, data)
     run = Run(rid, runs_dir(cfg) / rid)
+    if write:
+        for opened in _OPENED:
+            opened.setdefault(run.id, OpenedRun(run, stage, run.complete))
     info_path = run.dir / "run.json"
     if info_path.is_file():
         if _read_json(info_path)["stage"] != stage:

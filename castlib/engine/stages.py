@@ -568,6 +568,5 @@ def evaluate_run(run: Run, cfg: Config | None = None) -> dict:
     model = build_model(cfg, meta["which"], meta["num_classes"], pretrained=run.model_dir)
     model.to(D.resolve_device(cfg.device))
     metrics = evaluate_model(model, val_dataset(cfg), run.dir / "eval", **eval_options(cfg))
-    previous = run.metrics if (run.dir / "metrics.json").is_file() else {}
-    run.write_metrics({**metrics, "train": previous.get("train", {})})
+    run.write_metrics({**metrics, "train": run.training_record()})  # kept when metrics.json was lost
     return metrics

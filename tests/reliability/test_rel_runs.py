@@ -3,6 +3,7 @@ never-trained runs are not used, a truncated weights file is named, Ctrl-C ends 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -204,3 +205,97 @@ def test_an_unwritable_results_folder_is_one_error_naming_it(cli, private, guard
     code, err = cli("train", "--stage", "teacher_init", *private)
     assert code == 2 and err.startswith(f"error: {workspace / 'results' / 'runs'}/") and "Permission denied" in err
     check.check()
+
+
+# Issue 32: a command trains what it names plus what that needs, and says what it trained and reused.
+CHAINS = {
+    "pseudo_labels": ["pseudo_labels"],
+    "knowledge_transfer": ["pseudo_labels", "knowledge_transfer"],
+    "student_refinement": ["pseudo_labels", "knowledge_transfer", "student_refinement"],
+    "cast": ["pseudo_labels", "knowledge_transfer", "student_refinement"],
+}
+
+
+@pytest.mark.parametrize("teacher", ["zero_shot", "adapted"])
+@pytest.mark.parametrize("stage", list(CHAINS))
+def test_train_trains_the_stage_asked_for_and_nothing_after_it(cli, private, monkeypatch, stage, teacher):
+    """`train --stage pseudo_labels --teacher zero_shot` also trained the stand-in backbone, knowledge transfer and
+    refinement (92k iterations at paper lengths nobody asked for)."""
+    from types import SimpleNamespace
+
+    called = []
+
+    def stage_function(name):
+        def fake(cfg, *inputs, **options):
+            called.append(name)
+            return SimpleNamespace(id=name, dir=name, metrics={})
+
+        return fake
+
+    for name in ("teacher_init", "teacher_adaptation", *CHAINS["cast"]):
+        monkeypatch.setattr(stages, name, stage_function(name))
+    code, err = cli("train", "--stage", stage, "--teacher", teacher, *private)
+    assert code == 0, err
+    first = "teacher_init" if teacher == "zero_shot" else "teacher_adaptation"
+    assert called == [first, *CHAINS[stage]]
+
+
+def test_train_names_the_runs_it_trained_and_reused(cli, private, capsys, workspace):
+    from castlib.__main__ import main
+
+    assert cli("prepare", *private)[0] == 0
+    cfg = _config(private)
+    init = _would_open(cfg, "teacher_init", {})
+    assert main(["train", "--stage", "teacher_init", *private]) == 0
+    out = capsys.readouterr().out
+    assert [p.name for p in (workspace / "results" / "runs").iterdir()] == [init]
+    assert f"\ntrained: 1 run: teacher_init {init}\n" in out and "reused" not in out, out
+    assert main(["train", "--stage", "teacher_init", *private]) == 0
+    out = capsys.readouterr().out
+    assert f"\nreused (complete already): 1 run: teacher_init {init}\n" in out and "trained" not in out, out
+
+
+# Issue 32: `evaluate` after a deleted metrics.json kept no training record; the missing file's error gave no way on.
+@pytest.fixture
+def trained_run(cli, private):
+    """A complete teacher_init run with a model and a training record of 7 iterations (made without training)."""
+    assert cli("prepare", *private)[0] == 0
+    cfg = _config(private)
+    run = create_run(cfg, "teacher_init", stages.stage_config(cfg, "teacher_init"), {}, cfg.seed,
+                     data=stages.input_digests(cfg, "teacher_init"))
+    build_model(cfg, "teacher", 8).save_pretrained(run.model_dir)
+    run.write_metrics({"ap": 0.0, "ap50": 0.0, "train": {"iterations": 7, "loss": 1.5}})
+    run.mark_complete({"ap": 0.0, "ap50": 0.0})
+    return run
+
+
+def test_a_missing_metrics_file_says_how_to_recreate_it_and_the_record_is_kept(cli, private, trained_run, workspace):
+    run = trained_run
+    (run.dir / "metrics.json").unlink()
+    runs = workspace / "results" / "runs"
+    code, err = cli("train", "--stage", "teacher_init", *private)
+    assert code == 2 and err.strip() == (f"error: {run.dir / 'metrics.json'}: missing: recreate it with `python -m "
+                                         f"castlib evaluate --run {run.id} --runs-dir {runs}` (evaluates the run's "
+                                         "model again; its training record is kept)"), err
+    code, err = cli("evaluate", "--run", run.id, "--runs-dir", runs)
+    assert code == 0, err
+    assert run.metrics["train"] == {"iterations": 7, "loss": 1.5} and "ap" in run.metrics
+    assert cli("train", "--stage", "teacher_init", *private)[0] == 0
+
+
+def test_a_run_completed_before_complete_json_kept_the_record_is_rebuilt_from_its_log(trained_run):
+    run = trained_run
+    (run.dir / "complete.json").write_text(json.dumps({"finished": "2025-01-01 00:00:00", "ap": 0.0}))
+    (run.dir / "log.csv").write_text("iteration,loss,lr/teacher\n0,2.0,0.1\n6,1.25,0.01\n")
+    (run.dir / "metrics.json").unlink()
+    assert run.training_record() == {"iterations": 7, "loss": 1.25, "lr/teacher": 0.01}
+
+
+def test_an_incomplete_run_missing_its_metrics_says_to_resume_it(private, workspace):
+    cfg = _config(private)
+    run = create_run(cfg, "teacher_init", stages.stage_config(cfg, "teacher_init"), {}, cfg.seed,
+                     data={"dataset": "x"})
+    from castlib.engine.runs import RunError
+
+    with pytest.raises(RunError, match="is not complete; resume it with `python -m castlib train`"):
+        run.metrics  # noqa: B018
