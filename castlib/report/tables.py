@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,8 @@ def provenance(table: pd.DataFrame) -> dict[str, str]:
         out["seeds"] = " ".join(map(str, attrs["seeds"]))
     behind = attrs.get("runs_behind") or {}
     for key, label in (("machine", "machines"), ("torch", "torch"), ("commit", "commits")):
-        values = sorted({facts[key] for facts in behind.values()})
+        # one machine whatever threads a run used (the Runs section gives each run's)
+        values = sorted({re.sub(r", \d+ threads?$", "", facts[key]) for facts in behind.values()})
         several = (f"{len(values)} {label}: the rows' runs come from more than one; " if len(values) > 1 else "")
         out[f"{label} of the runs"] = several + ("; ".join(values) if values else "no complete run")
     dirty = sorted({facts["commit"] for facts in behind.values() if facts["commit"].endswith("-dirty")})
