@@ -155,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_table(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from castlib.report.ablations import build_table, data_notes, train_tables
+    from castlib.report.ablations import build_table, orderings_header, train_tables
     from castlib.report.orderings import write_orderings
     from castlib.report.tables import publish_table
 
@@ -182,7 +182,7 @@ def cmd_table(args: argparse.Namespace) -> None:
         print(table.attrs["caption"])
         print(table[table.attrs["display_columns"]].to_string(index=False))
     if main:
-        written = write_orderings(args.out, [f"Profile {cfg.profile}. {data_notes(cfg)[0]}", *data_notes(cfg)[1:]])
+        written = write_orderings(args.out, orderings_header(cfg))
         if written:
             print(written[1])
 

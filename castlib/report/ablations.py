@@ -70,6 +70,12 @@ def data_notes(cfg: Config) -> list[str]:
     return [line, *([SMOKE_NOTE] if cfg.profile == "smoke" else [])]
 
 
+def orderings_header(cfg: Config) -> list[str]:
+    """The lines that open ``orderings.md``: the profile and :func:`data_notes`."""
+    first, *rest = data_notes(cfg)
+    return [f"Profile {cfg.profile}. {first}", *rest]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Building blocks.
 
