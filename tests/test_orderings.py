@@ -62,7 +62,7 @@ def test_written_from_the_table_files_of_a_folder(tmp_path):
     assert write_orderings(tmp_path) is None  # no table: nothing written
     rows = _table({"batch": (32.2, {"0": 10.0, "1": 11.0}), "memory_bank": (32.7, {"0": 12.0, "1": 13.5})})
     (tmp_path / "table7.csv").write_text("# a caption line\n" + rows.to_csv(index=False))
-    (tmp_path / "table4.csv").write_text("# an old table\nvariant,AP,paper AP\ninfonce,1.0,32.2\n")
+    (tmp_path / "table4.csv").write_text("# an old table\nvariant,AP,paper AP,n seeds\ninfonce,1.0,32.2,1\n")
     csv, md = write_orderings(tmp_path, ["Profile test."])
     assert set(read_tables(tmp_path)) == {7}  # table4.csv holds no per-seed values: left out, and said so
     back = pd.read_csv(csv, comment="#")

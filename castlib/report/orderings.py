@@ -48,7 +48,7 @@ def read_tables(folder: str | Path) -> dict[int, pd.DataFrame]:
         path = Path(folder) / f"table{number}.csv"
         if path.is_file():
             table = pd.read_csv(path, comment="#")
-            if any(c.endswith(" seeds") for c in table.columns):
+            if any(c.endswith(" seeds") and c != "n seeds" for c in table.columns):  # "n seeds": the old format
                 out[number] = table
     return out
 
