@@ -36,8 +36,8 @@ def sample_browser(dataset: InstanceDataset, class_names: Sequence[str] | None =
     def draw(change=None) -> None:
         with out:
             out.clear_output(wait=True)
-            show_figure(show_samples([dataset[slider.value]], names, columns=1, data=data,
-                                     title=f"training image {slider.value} of {len(dataset)} with its instances"))
+            title = f"training image {slider.value} (of 0-{len(dataset) - 1}) with its instances"
+            show_figure(show_samples([dataset[slider.value]], names, columns=1, data=data, title=title))
 
     slider.observe(draw, names="value")
     draw()
