@@ -132,10 +132,18 @@ class Notebook:
         return seen
 
     def command(self, menu: str, command: str) -> None:
-        """Click ``command`` (a JupyterLab command id) in the top menu ``menu``, as a reader does."""
-        self.accept_dialogs()
-        self.page.locator(".lm-MenuBar-item", has_text=menu).first.click()
-        self.page.locator(f'.lm-Menu-item[data-command="{command}"]').first.click()
+        """Click ``command`` (a JupyterLab command id) in the top menu ``menu``, as a reader does; a dialog that
+        opens over the page meanwhile (the kernel choice) is accepted and the click tried again."""
+        for attempt in range(3):
+            self.accept_dialogs()
+            try:
+                self.page.locator(".lm-MenuBar-item", has_text=menu).first.click(timeout=10_000)
+                self.page.locator(f'.lm-Menu-item[data-command="{command}"]').first.click(timeout=10_000)
+                return
+            except Exception:  # Playwright's TimeoutError: something covered the menu
+                if attempt == 2:
+                    raise
+                self.page.keyboard.press("Escape")
 
     def prompts(self) -> list[str]:
         return self.panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
