@@ -86,6 +86,15 @@ def test_plots_label_both_axes(small_cfg, tmp_path):
     plt.close(fig)
 
 
+def test_the_figures_are_not_pyplot_figures(small_cfg):
+    """A widget's callback runs on a kernel subshell thread in JupyterLab 4.6: figures pyplot tracked came out blank
+    there, so the builders make figures of their own (new_figure)."""
+    log = pd.DataFrame({"iteration": [1, 2], "total": [2.0, 1.0], "pxl/margin": [0.1, 0.2], "pxl/fnr": [0.3, 0.2]})
+    figures = [plots.training_curves(log, "t", data=small_cfg), plots.contrastive_diagnostics({"a": log}, small_cfg),
+               plots.efficiency_figure(fig2_like())]
+    assert not plt.get_fignums() and all(fig.axes for fig in figures)
+
+
 def test_save_figure_shows_the_figure_inline_in_a_kernel_and_writes_it(tmp_path, monkeypatch):
     shown = []
     monkeypatch.setattr("IPython.display.display", lambda image: shown.append(image))

@@ -153,8 +153,9 @@ def test_labels_are_readable_at_the_default_width(cfg):
 
 
 def test_every_figure_of_the_curves_view_is_drawn(cfg, monkeypatch):
-    """Each figure the callback shows is a PNG with its lines drawn on white (the kernel's backend once gave the
-    second a transparent, empty image: show_figure draws it with savefig instead)."""
+    """Each figure the callback shows is a PNG with its lines drawn on white. In JupyterLab 4.6 the callback runs on
+    a kernel subshell thread, where the second figure came out transparent and empty: the figures are drawn with
+    savefig (show_figure) and pyplot does not track them (new_figure); tests/browser checks it in the lab."""
     import io
 
     import numpy as np
@@ -174,4 +175,4 @@ def test_every_figure_of_the_curves_view_is_drawn(cfg, monkeypatch):
     for png in images:
         pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
         assert (pixels[..., 3] == 255).all() and (pixels[..., :3].mean(-1) < 160).mean() > 0.005
-    assert not plt.get_fignums()  # each closed once shown
+    assert not plt.get_fignums()  # pyplot tracked none of them

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from scipy.ndimage import binary_erosion
 from torchvision.transforms.v2 import functional as TF
 
@@ -39,6 +40,14 @@ from castlib.eval.inference import Prediction, instance_inference
 from castlib.io import atomic_path
 
 NOT_STATED = "data: not stated (the figure was given no config, run or table to read it from)"
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, squeeze: bool = True):
+    """``(figure, axes)`` as ``plt.subplots`` gives them, but a figure pyplot does not track: a widget's callback runs
+    on a kernel subshell thread in JupyterLab 4.6 (``commsOverSubshells``, ipykernel 7), where pyplot's shared state
+    drew figures blank (a transparent image, or tick labels alone); a figure of its own draws there as in a cell."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def data_caption(data: Config | str | pd.DataFrame | None = None) -> str:
@@ -94,7 +103,7 @@ def show_samples(samples: Sequence[InstanceSample], class_names: Sequence[str], 
     """A grid of images beside their ground-truth instances, each titled with its class counts; ``data`` (the
     config) names the data above it."""
     rows = (len(samples) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, 2 * columns, figsize=(5 * columns, 1.6 * rows * 2), squeeze=False)
+    fig, axes = new_figure(rows, 2 * columns, figsize=(5 * columns, 1.6 * rows * 2), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for k, s in enumerate(samples):
@@ -112,7 +121,7 @@ def show_samples(samples: Sequence[InstanceSample], class_names: Sequence[str], 
 
 def show_views(sample: InstanceSample, data: Config | str | None = None):
     """Weak view with its masks beside the strong view of the same pixels; ``data`` (the config) names the data."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 2.6))
+    fig, axes = new_figure(1, 3, figsize=(12, 2.6))
     axes[0].imshow(sample.image.permute(1, 2, 0).numpy().clip(0, 1))
     axes[0].set_title("weak view")
     axes[1].imshow(overlay_instances(sample.image, sample.masks))
@@ -155,7 +164,7 @@ def training_curves(log: pd.DataFrame, title: str = "", data: Config | str | Non
                 or _DEEP_SUPERVISION.search(column)):
             continue
         groups.setdefault(column.split("/")[0] if "/" in column else "total", []).append(column)
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 2.8), squeeze=False)
+    fig, axes = new_figure(1, len(groups), figsize=(3.6 * len(groups), 2.8), squeeze=False)
     names = {"sup": "L_sup", "semi": "L_semi", "pxl": "L_pxl", "total": "J (weighted sum)"}
     for ax, (group, columns) in zip(axes[0], groups.items(), strict=True):
         for column in columns:
@@ -174,7 +183,7 @@ def contrastive_diagnostics(logs: Mapping[str, pd.DataFrame], data: Config | str
     similarity) and the false-negative rate of the sampled negatives over training, one line per sampler;
     the dashed line at 0.5 is the bound p > 0.5 the proposition assumes. The data: ``data``, else the first
     log's (:func:`read_log`)."""
-    fig, (margin, fnr) = plt.subplots(1, 2, figsize=(9, 3))
+    fig, (margin, fnr) = new_figure(1, 2, figsize=(9, 3))
     for name, log in logs.items():
         margin.plot(log["iteration"], log["pxl/margin"], label=name)
         fnr.plot(log["iteration"], log["pxl/fnr"], label=name)
@@ -195,7 +204,7 @@ def pseudo_label_figure(ground_truth: Sequence[InstanceSample], pseudo: Sequence
                         data: Config | str | None = None):
     """Unlabelled images: the ground truth (never used in training) beside the teacher's pseudo-labels; ``data``
     (the config) names the data."""
-    fig, axes = plt.subplots(len(ground_truth), 2, figsize=(8, 2.2 * len(ground_truth)), squeeze=False)
+    fig, axes = new_figure(len(ground_truth), 2, figsize=(8, 2.2 * len(ground_truth)), squeeze=False)
     for row, (gt, pl) in zip(axes, zip(ground_truth, pseudo, strict=True), strict=True):
         row[0].imshow(overlay_instances(gt.image, gt.masks))
         row[0].set_title(f"{gt.image_id}: ground truth, {len(gt.labels)} instances", fontsize=7)
@@ -276,7 +285,7 @@ def prediction_figure(samples: Sequence[InstanceSample], predictions: Mapping[st
     the rule that chose them (``rules`` by name, :func:`selection_rule`); ``data`` (the config) names the data."""
     rules = rules or {}
     columns = ["ground truth", *predictions]
-    fig, axes = plt.subplots(len(samples), len(columns), figsize=(3.8 * len(columns), 2.1 * len(samples)),
+    fig, axes = new_figure(len(samples), len(columns), figsize=(3.8 * len(columns), 2.1 * len(samples)),
                              squeeze=False)
     for i, sample in enumerate(samples):
         shown = [(sample.masks, len(sample.labels))] + [(p[i].masks, len(p[i])) for p in predictions.values()]
@@ -299,7 +308,7 @@ def efficiency_figure(table: pd.DataFrame, data: Config | str | None = None):
     the paper's (and the paper-size models' where counted); the caption names the profile, the device and the
     data (``data``, else the table's)."""
     rows = table.set_index("metric") if "metric" in table.columns else table
-    fig, axes = plt.subplots(1, len(EFFICIENCY_PANELS), figsize=(3 * len(EFFICIENCY_PANELS), 2.8))
+    fig, axes = new_figure(1, len(EFFICIENCY_PANELS), figsize=(3 * len(EFFICIENCY_PANELS), 2.8))
     for ax, (metric, label) in zip(axes, EFFICIENCY_PANELS.items(), strict=True):
         row = rows.loc[metric]
         values = [row["measured teacher"], row["measured student"]]
@@ -325,7 +334,7 @@ def label_fraction_figure(table: pd.DataFrame, data: Config | str | None = None)
     :func:`castlib.report.ablations.table8`. The data: ``data``, else the table's (``attrs``)."""
     columns = [c for c in table.columns if c.endswith("% labels") and not c.startswith("paper ")]
     fractions = [float(c.split("%")[0]) for c in columns]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = new_figure(figsize=(5, 3.2))
     for colour, row in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], table.to_dict("records"), strict=False):
         reproduced = [row[f"{c} mean"] for c in columns]
         if not all(np.isnan(reproduced)):
@@ -354,8 +363,9 @@ def figure_png(fig, dpi: int = 100) -> bytes:
 
 
 def show_figure(fig, dpi: int = 100) -> None:
-    """Show the figure inline as a PNG drawn here (:func:`figure_png`), then close it. The image does not depend
-    on the kernel's matplotlib backend or on what the cell or widget callback showing it did before."""
+    """Show the figure inline as a PNG drawn here (:func:`figure_png`), then close it: the image does not go through
+    the kernel's matplotlib backend (whose ``display(fig)`` after a ``plt.close`` gave a widget callback a
+    transparent image in JupyterLab)."""
     from IPython.display import Image, display
 
     png = figure_png(fig, dpi)

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -110,15 +111,18 @@ class Notebook:
         page.goto(f"{base}/lab/tree/{path}?token={token}&reset")  # reset: no other notebook restored beside it
         self.panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
         self.panel.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
-        idle = self.panel.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')
-        accept = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
-        wait_until(lambda: accept.is_visible() or idle.is_visible(), 180, "the notebook's kernel")
-        if accept.is_visible():  # "Select Kernel" (the notebook's own, python3, is offered first)
-            accept.click()
-        self.wait_idle(180)
+        self.wait_kernel(180)
 
-    def wait_idle(self, timeout: float) -> None:
-        self.panel.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').wait_for(timeout=timeout * 1000)
+    def wait_kernel(self, timeout: float) -> None:
+        """Until the notebook's kernel is connected and idle (the status bar reads "| Idle"), accepting the kernel
+        choice if the lab asks: a Run All given before would run only what the kernel took first."""
+        status = self.page.locator("#jp-main-statusbar")
+
+        def ready() -> bool:
+            self.accept_dialogs()
+            return bool(re.search(r"\|\s*Idle", status.inner_text()))
+
+        wait_until(ready, timeout, "the notebook's kernel connected and idle")
 
     def accept_dialogs(self) -> list[str]:
         """Accept any dialog over the page (JupyterLab's kernel choice: the notebook's own kernel is offered
@@ -149,26 +153,22 @@ class Notebook:
         return self.panel.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
 
     def run_all(self, timeout: float) -> float:
-        """Run > Run All Cells, and wait until no cell is queued or running; returns the seconds it took. The
-        command is given again while no cell has started (a kernel still connecting ignores it)."""
+        """Run > Run All Cells, and wait until every code cell has run (a number in its prompt) and the kernel is
+        idle; returns the seconds it took."""
         start = time.monotonic()
-
-        def started() -> bool:
-            return any(p.strip() not in ("[ ]:", "") for p in self.prompts())
-
-        for _ in range(5):
-            self.command("Run", "runmenu:run-all")
-            try:
-                wait_until(started, 20, "a cell running")
-                break
-            except TimeoutError:
-                self.page.keyboard.press("Escape")
+        self.wait_kernel(180)
+        self.command("Run", "runmenu:run-all")
         deadline = start + timeout
-        while any("*" in p for p in self.prompts()):
+        while True:
+            prompts = self.prompts()
+            if all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts):
+                break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Run All still running after {timeout:.0f} s: prompts {self.prompts()}")
-            time.sleep(2)
-        self.wait_idle(60)
+                raise TimeoutError(f"Run All not done after {timeout:.0f} s: prompts {prompts}")
+            if time.monotonic() - start > 30 and not any("*" in p for p in prompts):
+                raise AssertionError(f"Run All stopped before the end (an error, or a cell not run): {prompts}")
+            time.sleep(1)
+        self.wait_kernel(60)
         return time.monotonic() - start
 
     def save(self, path: Path) -> dict:

@@ -6,6 +6,7 @@ that the lab writes nothing new outside ``results/``. Screenshots go to ``result
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -132,8 +133,10 @@ def test_03_shows_its_figures_and_the_curves_panel_draws_each_figure(session):
     press_and_watch(cell)  # the default choices: cast() trains the refinement notebook 03 did not
     shown = lab.wait_until(lambda: len(s := lab.image_sources(cell.locator(".widget-output"))) == 2 and s, 60,
                            "the panel's two figures")
-    assert all(lab.png_ink(src) > 0.005 for src in shown), [lab.png_ink(src) for src in shown]
     cell.screenshot(path=SHOTS / "03_curves_after_button.png")
+    for k, src in enumerate(shown):
+        (session.root / f"03_panel_figure_{k}.png").write_bytes(base64.b64decode(src.split(",", 1)[1]))
+    assert all(lab.png_ink(src) > 0.005 for src in shown), ([lab.png_ink(src) for src in shown], session.root)
     notebook.page.close()
 
 
