@@ -23,7 +23,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 # smoke writes the committed results/{tables,figures}; another profile its own folder (results/mini/...)
 RESULTS ?= $(if $(filter smoke,$(PROFILE)),results,results/$(PROFILE))
 
-.PHONY: setup test test-slow test-all reproduce bench gpu-check lint notebooks clean
+.PHONY: setup test test-slow test-all test-browser reproduce bench gpu-check lint notebooks notebook-filter clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,28 @@ test-slow: setup
 ## test-all: every test, slow ones too
 test-all: setup
 	$(PY) -m pytest -q
+
+BROWSER_STAMP := $(VENV)/.browser-stamp
+$(BROWSER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,browser]"
+	touch $(BROWSER_STAMP)
+
+# Debian's chromium when no Chromium or Chrome is on PATH (CHROMIUM=/path/to/chrome uses that one instead)
+CHROMIUM ?=
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+## test-browser: the notebooks as a reader opens them: JupyterLab in the background and headless Chromium (Debian's
+## chromium, installed when missing) run 01, 03 and 05 (smoke, a small synthetic set), check every figure shows
+## inline, move 01's slider and press 03's and 05's buttons, and run the committed 01 to see the lab leave git
+## clean; screenshots to results/browser/ (a few minutes)
+test-browser: $(BROWSER_STAMP)
+	@if [ -z "$(CHROMIUM)" ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+	  && ! command -v google-chrome >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium (apt-get)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    >/dev/null || { echo "error: could not install chromium: set CHROMIUM=/path/to/chrome"; exit 1; }; \
+	fi
+	CHROMIUM="$(CHROMIUM)" $(PY) -m pytest -q -m browser -rs --durations=10 tests/browser
 
 ## reproduce: data, splits, the CAST pipeline on DATASETS, efficiency, every notebook in order (papermill):
 ## executed notebooks to RESULTS/notebooks/, supplementary TABLES to RESULTS/tables/, figures to RESULTS/figures/
@@ -81,6 +103,14 @@ lint: setup
 ## notebooks: pair notebooks/NN_*.py (the reviewed source) with their .ipynb (jupytext --sync)
 notebooks: setup
 	$(PY) -m jupytext --sync $(NOTEBOOKS)
+
+NBSTRIPOUT := "$(abspath $(PY))" -m nbstripout --keep-id --extra-keys metadata.language_info
+## notebook-filter: git reads notebooks/*.ipynb through nbstripout (.gitattributes): a notebook run and saved in
+## JupyterLab keeps its outputs on disk, and git status shows no change; what is committed stays output-free
+notebook-filter: setup
+	git config filter.nbstripout.clean '$(NBSTRIPOUT)'
+	git config filter.nbstripout.smudge cat
+	git config diff.ipynb.textconv '$(NBSTRIPOUT) -t'
 
 clean:
 	rm -rf $(VENV) data $(RESULTS)/notebooks

@@ -2,25 +2,36 @@
 
 The ``.py`` (percent format) is the reviewed source, so it is what runs: jupytext reads it into
 a notebook, papermill injects the ``parameters`` and executes it, and the executed copy is
-written beside the notebook's own outputs.
+written beside the notebook's own outputs. The kernel starts in ``notebooks/``, as JupyterLab starts it,
+so a notebook that resolved a folder from the working directory would show it here too: every folder
+parameter goes through :func:`notebook_folder`.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import jupytext
 import papermill
 
-from castlib.config import REPO_ROOT, Config
+from castlib.config import REPO_ROOT, Config, repo_path
 from castlib.errors import DataError
 from castlib.io import write_json_atomic
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def notebook_folder(path: str | Path) -> Path:
+    """A notebook parameter naming a folder (``tables_dir``, ``figures_dir``, ``output_dir``, ``runs_dir``,
+    ``data_root``): a relative one from the repository root, whatever the kernel's working directory (JupyterLab
+    starts it in ``notebooks/``); an absolute one as given."""
+    return repo_path(path)
 
 
 def notebook_sources() -> list[Path]:
@@ -51,13 +62,29 @@ def run_notebook(source: str | Path, out_dir: str | Path, cell_timeout: int | No
     executed = out_dir / f"{source.stem}.ipynb"
     notebook = jupytext.read(source)
     # Widgets stay off headless: nbclient can block on a cell that opens widget comms (jupyter/nbclient#312).
-    parameters = {"output_dir": str(out_dir / source.stem), "interactive": False, **parameters}
+    parameters = {"output_dir": str((out_dir / source.stem).absolute()), "interactive": False, **parameters}
     declared = notebook_parameters(notebook)
     parameters = {name: value for name, value in parameters.items() if name in declared}
-    papermill.execute_notebook(notebook, str(executed), parameters=parameters, cwd=str(REPO_ROOT),
-                               kernel_name="python3", progress_bar=False, start_timeout=120,
-                               execution_timeout=cell_timeout)
+    with _kernel_imports_this_checkout():
+        papermill.execute_notebook(notebook, str(executed), parameters=parameters, cwd=str(NOTEBOOK_DIR),
+                                   kernel_name="python3", progress_bar=False, start_timeout=120,
+                                   execution_timeout=cell_timeout)
     return executed
+
+
+@contextmanager
+def _kernel_imports_this_checkout():
+    """``PYTHONPATH`` starts with the repository root while a kernel starts, so the kernel (its working directory
+    ``notebooks/``) imports this checkout's castlib whichever checkout the environment installed."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *([before] if before else [])])
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def notebook_parameters(notebook) -> set[str]:
@@ -87,15 +114,15 @@ def read_record(output_dir: str | Path) -> Mapping[str, Any]:
 def notebook_config(profile: str, dataset: str, seeds: Sequence[int] = (), runs_dir: str = "", data_root: str = "",
                     overrides: Sequence[str] = ()) -> Config:
     """The config a notebook's ``parameters`` cell asks for (empty ``seeds``, ``runs_dir`` or ``data_root``
-    keep the profile's own), with its dataset and split files made ready as ``castlib prepare`` does (split
-    files that exist are kept), so any notebook also runs first."""
+    keep the profile's own; the folders resolved by :func:`notebook_folder`), with its dataset and split files made
+    ready as ``castlib prepare`` does (split files that exist are kept), so any notebook also runs first."""
     from castlib.config import load_config
     from castlib.data.loaders import make_splits, prepare_data, split_files
 
     chosen = [f"data.dataset={dataset}", *overrides]
     chosen += [f"seeds={list(seeds)}"] if seeds else []
-    chosen += [f"runs_dir={runs_dir}"] if runs_dir else []
-    chosen += [f"data.root={data_root}"] if data_root else []
+    chosen += [f"runs_dir={notebook_folder(runs_dir)}"] if runs_dir else []
+    chosen += [f"data.root={notebook_folder(data_root)}"] if data_root else []
     cfg = load_config(profile, chosen)
     prepare_data(cfg)
     fractions = cfg.data.label_fractions if cfg.data.dataset == "cityscapes" else [None]

@@ -22,30 +22,33 @@
 # and shows what the training loop will see: instances, and the weak and strong views whose
 # pixels correspond one to one (the positive pairs of $\mathcal{L}_{pxl}$).
 #
-# On the `smoke` and `mini` profiles the data are synthetic, drawn by `castlib.data.synthetic`
-# in the real on-disk formats and read by the same loaders as the real datasets.
+# **Data and what the numbers mean.** This notebook trains nothing: its numbers are counts (images per split,
+# instances per class) of the profile's set. `smoke`: 40 train and 10 val synthetic images (128x256); `mini`: 300
+# and 300; both drawn by `castlib.data.synthetic` in the real on-disk formats and read by the same loaders as the
+# real datasets, so the counts are the synthetic set's, not Cityscapes'. `paper`: the real Cityscapes or ADE20K
+# under `data_root`, whose splits give supplementary Table 1's counts. Tables and figures go to `output_dir`;
+# relative folders are read from the repository root, whatever folder the kernel started in.
 
 # %% tags=["parameters"]
 profile = "smoke"  # smoke | mini | paper
 dataset = "cityscapes"  # cityscapes | ade20k
 data_root = ""  # a real dataset root, or empty for the synthetic set of the profile
 seed = 0  # augmentation seed of the examples shown
-output_dir = "results/notebooks/01_data_and_splits"
+output_dir = "results/notebooks/01_data_and_splits"  # relative: from the repository root
 interactive = True  # show the widgets (headless runs set False)
 
 # %%
-from pathlib import Path
-
 import torch
 
 from castlib.config import load_config
 from castlib.data import build_dataset, labelled_dataset, make_splits, prepare_data
+from castlib.notebooks import notebook_folder
 from castlib.report.plots import save_figure, show_samples, show_views
 from castlib.report.tables import class_statistics, split_table, write_table
 
-overrides = [f"data.dataset={dataset}"] + ([f"data.root={data_root}"] if data_root else [])
+overrides = [f"data.dataset={dataset}"] + ([f"data.root={notebook_folder(data_root)}"] if data_root else [])
 cfg = load_config(profile, overrides)
-out = Path(output_dir)
+out = notebook_folder(output_dir)  # folders from the repository root, whatever the kernel's working directory
 root = prepare_data(cfg)
 split_paths = make_splits(cfg)
 print(f"dataset root: {root}")
@@ -73,7 +76,7 @@ stats
 
 # %%
 fig = show_samples([train[i] for i in range(4)], train.classes.names, data=cfg)
-save_figure(fig, out / "samples.png")
+samples_png = save_figure(fig, out / "samples.png")
 
 # %% [markdown]
 # ## Weak and strong views
@@ -84,11 +87,12 @@ save_figure(fig, out / "samples.png")
 torch.manual_seed(seed)
 views = labelled_dataset(cfg)
 fig = show_views(views[0], data=cfg)
-save_figure(fig, out / "views.png")
+views_png = save_figure(fig, out / "views.png")
 
 # %% [markdown]
 # ## Browse
-# A slider over the training images (in Jupyter; headless runs skip the widget).
+# A slider over the training images: moving it draws the chosen image with its instances (in Jupyter; headless
+# runs skip the widget).
 
 # %%
 from castlib.report.widgets import sample_browser

@@ -13,8 +13,6 @@
 #     name: python3
 # ---
 
-# %%
-
 # %% [markdown]
 # # 03 · Knowledge transfer
 #
@@ -35,7 +33,14 @@
 # pixels likely to lie in *other instances* are drawn as negatives. Proposition 3.1: when a sampled
 # negative is a true inter-instance pixel with probability $p>0.5$, each update grows the expected
 # margin $\Delta_{emp}$ by $\Theta(p\,\lambda_{pxl})$. The run logs both $\Delta_{emp}$ and the false-negative
-# rate $1-p$; below they are compared with uniform negatives (`embedding=uniform`, a run of its own).
+# rate $1-p$; below they are compared with uniform negatives (`embedding=uniform`, a run of its own). The figures
+# show the student's loss curves and these two diagnostics; the panel at the end trains a variant and draws its own.
+#
+# **Data and what the numbers mean.** `smoke`: 40 train and 10 val synthetic images (128x256) in the Cityscapes
+# format and a tiny student trained a few iterations: maskAP is 0 by design; the margin and false-negative rate are
+# measured all the same (the sampler's effect on the FNR shows from the first iterations), the curves are a few
+# points long. `mini`: 300 synthetic images, stand-in backbones: real learning, small numbers, read for orderings.
+# `paper`: real Cityscapes or ADE20K and the hub weights: the paper's main Fig. 3.
 
 # %% tags=["parameters"]
 profile = "smoke"  # smoke | mini | paper
@@ -43,21 +48,22 @@ dataset = "cityscapes"  # cityscapes | ade20k
 data_root = ""  # a real dataset root, or empty for the synthetic set of the profile
 seeds = []  # seeds of the tables (the widget offers them); empty: the profile's seeds
 runs_dir = ""  # where runs live; empty: the profile's runs_dir
-overrides = []  # more config overrides, "key=value" (the tests: a smaller synthetic set)
-figures_dir = "results/figures"
+overrides = []  # more config overrides, as `castlib --set` takes them (the tests: a smaller synthetic set)
+figures_dir = "results/figures"  # relative: from the repository root
 output_dir = "results/notebooks/03_knowledge_transfer"
 interactive = True  # show the widgets (headless runs set False)
 
 # %%
-from pathlib import Path
+import pandas as pd
 
 from castlib.engine import stages as S
-from castlib.notebooks import notebook_config, record
+from castlib.notebooks import notebook_config, notebook_folder, record
 from castlib.report.ablations import with_student_contrastive
 from castlib.report.plots import contrastive_diagnostics, read_log, save_figure, training_curves
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
-figures = Path(figures_dir)
+# folders from the repository root, whatever the kernel's working directory (JupyterLab starts it in notebooks/)
+figures, output_dir = notebook_folder(figures_dir), notebook_folder(output_dir)
 
 # %% [markdown]
 # ## The student under the adapted teacher
@@ -68,25 +74,31 @@ labels = S.pseudo_labels(cfg, S.teacher_adaptation(cfg))
 student = S.knowledge_transfer(cfg, labels)
 record(output_dir, "student_ap", student.metrics["ap"])
 record(output_dir, "runs", {"knowledge_transfer": student.id})
-save_figure(training_curves(read_log(student), "knowledge transfer"), figures / "student_curves.png")
+curves = save_figure(training_curves(read_log(student), "knowledge transfer"), figures / "student_curves.png")
 
 # %% [markdown]
 # ## Proposition 3.1: margin and false negatives, debiased vs uniform negatives
+# The table gives each sampler's margin at the last logged iteration and its false-negative rate averaged over
+# training. Proposition 3.1 expects the debiased sampler to draw fewer false negatives (a smaller $1-p$) than
+# uniform sampling; the table shows what these runs measured.
 
 # %%
 uniform = S.knowledge_transfer(with_student_contrastive(cfg, "embedding", "uniform"), labels)
 logs = {"debiased (fusion)": read_log(student), "uniform": read_log(uniform)}
 save_figure(contrastive_diagnostics(logs), figures / "proposition_3_1_margin_fnr.png")
-for name, log in logs.items():
-    record(output_dir, f"final_margin {name}", float(log["pxl/margin"].iloc[-1]))
-    record(output_dir, f"mean_fnr {name}", float(log["pxl/fnr"].mean()))
-{name: {"final margin": log["pxl/margin"].iloc[-1], "mean FNR": log["pxl/fnr"].mean()} for name, log in logs.items()}
+proposition = pd.DataFrame([{"negatives": name, "final margin Delta_emp": float(log["pxl/margin"].iloc[-1]),
+                             "mean false-negative rate": float(log["pxl/fnr"].mean())} for name, log in logs.items()])
+for row in proposition.to_dict("records"):
+    record(output_dir, f"final_margin {row['negatives']}", row["final margin Delta_emp"])
+    record(output_dir, f"mean_fnr {row['negatives']}", row["mean false-negative rate"])
+proposition.set_index("negatives").round(4)
 
 # %% [markdown]
 # ## Try a variant
 # Contrastive weight $\lambda_{pxl}$, temperature $T$, $R$, debias score, embedding, sampling scope, loss,
 # label fraction and seed: pressing the button trains the variant through the registry (a repeat is
-# instant) and draws its margin and FNR beside the default's.
+# instant; the button reads "training..." until it is done) and draws its margin and FNR beside the default's,
+# then its loss curves.
 
 # %%
 from castlib.report.widgets import variant_panel

@@ -13,8 +13,6 @@
 #     name: python3
 # ---
 
-# %%
-
 # %% [markdown]
 # # 04 · Student refinement
 #
@@ -26,10 +24,12 @@
 # with the student's optimiser settings (supplementary Table 2) for `train.refinement.iterations`
 # (section D: 2k). The refined student $\theta_s^\dagger$ (the tables' $\theta_s^+$) is CAST's final model: the
 # paper's 33.9, reported by supplementary Tables 3 and 8; Tables 4-7 report the distilled $\theta_s^*$ (32.2).
+# The figure shows the refinement's loss curves; the table, main Table 3 (which stage does what) beside the paper's.
 #
-# **Data and what the numbers mean.** `smoke`: a 40-image synthetic set in the Cityscapes format and runs of a few
-# iterations: AP is 0 by design (the tables show the format and that every path runs). `mini`: 300 synthetic images,
-# stand-in backbones: small numbers (maskAP about 10-15), read for orderings. `paper`: real data and hub weights.
+# **Data and what the numbers mean.** `smoke`: 40 train and 10 val synthetic images (128x256) in the Cityscapes
+# format and runs of a few iterations: maskAP is 0 by design (the tables show the format and that every path runs).
+# `mini`: 300 synthetic images, stand-in backbones: small numbers (maskAP about 10-15), read for orderings, not for
+# the paper's values. `paper`: real Cityscapes or ADE20K and the hub weights: the paper's numbers.
 
 # %% tags=["parameters"]
 profile = "smoke"  # smoke | mini | paper
@@ -37,25 +37,24 @@ dataset = "cityscapes"  # cityscapes | ade20k
 data_root = ""  # a real dataset root, or empty for the synthetic set of the profile
 seeds = []  # seeds of the tables; this notebook trains the profile's `seed` (empty: the profile's seeds)
 runs_dir = ""  # where runs live; empty: the profile's runs_dir
-overrides = []  # more config overrides, "key=value" (the tests: a smaller synthetic set)
-figures_dir = "results/figures"
+overrides = []  # more config overrides, as `castlib --set` takes them (the tests: a smaller synthetic set)
+figures_dir = "results/figures"  # relative: from the repository root
 tables_dir = "results/tables"
 output_dir = "results/notebooks/04_student_refinement"
 interactive = True  # show the widgets (headless runs set False)
 
 # %%
-from pathlib import Path
-
 import pandas as pd
 
 from castlib.engine import stages as S
-from castlib.notebooks import notebook_config, record
+from castlib.notebooks import notebook_config, notebook_folder, record
 from castlib.report.ablations import data_notes, main_table3
 from castlib.report.plots import read_log, save_figure, training_curves
 from castlib.report.tables import publish_table
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
-figures = Path(figures_dir)
+# folders from the repository root, whatever the kernel's working directory (JupyterLab starts it in notebooks/)
+figures, tables_dir, output_dir = notebook_folder(figures_dir), notebook_folder(tables_dir), notebook_folder(output_dir)
 for line in data_notes(cfg):
     print(line)
 
@@ -66,7 +65,8 @@ for line in data_notes(cfg):
 
 # %%
 runs = S.cast(cfg)
-save_figure(training_curves(read_log(runs["refined"]), "student refinement"), figures / "refinement_curves.png")
+curves = save_figure(training_curves(read_log(runs["refined"]), "student refinement"),
+                     figures / "refinement_curves.png")
 
 # %% [markdown]
 # ## Main Table 3: which stage does what

@@ -13,8 +13,6 @@
 #     name: python3
 # ---
 
-# %%
-
 # %% [markdown]
 # # 05 · Ablations: supplementary Tables 3-7
 #
@@ -39,10 +37,11 @@
 # `tableN.md` adds the notes, the provenance (data, machines, commits) and every run behind each row. The last
 # section reads which of the paper's orderings the runs show (`orderings.md`, generated, never typed by hand).
 #
-# **Data and what the numbers mean.** `smoke`: a 40-image synthetic set in the Cityscapes format and runs of a
-# few iterations: AP is 0 by design, the tables show the format and that every path runs. `mini`: 300 synthetic
-# images, models from source-pretrained stand-ins: real learning, small numbers (maskAP about 10-15), read for
-# orderings, not for the paper's values. `paper`: real Cityscapes / ADE20K and hub weights: the paper's numbers.
+# **Data and what the numbers mean.** `smoke`: 40 train and 10 val synthetic images (128x256) in the Cityscapes
+# format and runs of a few iterations: maskAP is 0 by design (the tables show the format and that every path runs).
+# `mini`: 300 synthetic images, models from source-pretrained stand-ins: real learning, small numbers (maskAP about
+# 10-15), read for orderings, not for the paper's values. `paper`: real Cityscapes or ADE20K and the hub weights:
+# the paper's numbers.
 
 # %% tags=["parameters"]
 profile = "smoke"  # smoke | mini | paper
@@ -51,22 +50,23 @@ data_root = ""  # a real dataset root, or empty for the synthetic set of the pro
 seeds = []  # the seeds each table averages over; empty: the profile's seeds
 tables = [3, 4, 5, 6, 7]  # the tables to build (others are skipped)
 runs_dir = ""  # where runs live; empty: the profile's runs_dir
-overrides = []  # more config overrides, "key=value" (the tests: a smaller synthetic set)
-tables_dir = "results/tables"
+overrides = []  # more config overrides, as `castlib --set` takes them (the tests: a smaller synthetic set)
+tables_dir = "results/tables"  # relative: from the repository root
 output_dir = "results/notebooks/05_ablation_tables"
 interactive = True  # show the widgets (headless runs set False)
 
 # %%
-
 import pandas as pd
 from IPython.display import Markdown, display
 
-from castlib.notebooks import notebook_config, record
-from castlib.report.ablations import build_table, data_notes, orderings_header
+from castlib.notebooks import notebook_config, notebook_folder, record
+from castlib.report.ablations import build_table, data_notes
 from castlib.report.orderings import write_orderings
 from castlib.report.tables import publish_table
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
+# folders from the repository root, whatever the kernel's working directory (JupyterLab starts it in notebooks/)
+tables_dir, output_dir = notebook_folder(tables_dir), notebook_folder(output_dir)
 chosen = [n for n in (3, 4, 5, 6, 7) if n in tables]
 print(f"profile {cfg.profile}, tables {chosen}, seeds {list(cfg.seeds)}")
 for line in data_notes(cfg):
@@ -128,7 +128,7 @@ if 7 in chosen:
 # a seed disagrees, "one seed" when only one paired difference exists (`castlib.report.orderings`).
 
 # %%
-written = write_orderings(tables_dir, orderings_header(cfg))
+written = write_orderings(tables_dir, [f"Profile {cfg.profile}. {data_notes(cfg)[0]}"])
 if written:
     orderings = pd.read_csv(written[0], comment="#")
     record(output_dir, "orderings", orderings[["table", "claim", "verdict"]].to_dict("records"))
@@ -140,7 +140,9 @@ else:
 # %% [markdown]
 # ## Try a variant
 # Choose the student's settings and press the button: the variant trains through the registry (a repeat
-# is instant) and its row (AP, AP50 of the refined student, run ids) joins the table below the button.
+# is instant; the button reads "training..." until it is done) and its row joins the table below the button: the
+# changed settings, the AP and AP50 of the distilled student $\theta_s^*$ (what Tables 4-7 report) and of the
+# refined $\theta_s^+$ (Tables 3 and 8), and the run ids. The same choices again keep one row.
 
 # %%
 from castlib.report.widgets import variant_panel

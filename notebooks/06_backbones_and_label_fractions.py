@@ -13,8 +13,6 @@
 #     name: python3
 # ---
 
-# %%
-
 # %% [markdown]
 # # 06 · Backbones and label fractions: supplementary Table 8
 #
@@ -25,9 +23,12 @@
 # stage-1 teacher on the labels, then guided burn-in and EMA distillation). CAST's cells are the refined student
 # $\theta_s^+$, as the paper's Table 8 (its 33.9 at 10 % is main Table 1's "CAST (student refinement)").
 #
-# **Data and what the numbers mean.** `smoke`: a 40-image synthetic set in the Cityscapes format, runs of a few
-# iterations: AP is 0 by design (the table shows the format and that every path runs). `mini`: 300 synthetic
-# images, stand-in backbones: small numbers, read for orderings. `paper`: real Cityscapes and hub weights.
+# The table gives each cell beside the paper's; the figure draws maskAP against the labelled fraction.
+#
+# **Data and what the numbers mean.** `smoke`: 40 train and 10 val synthetic images (128x256) in the Cityscapes
+# format and runs of a few iterations: maskAP is 0 by design (the table shows the format and that every path runs).
+# `mini`: 300 synthetic images, stand-in backbones: small numbers (maskAP about 10-15), read for orderings, not for
+# the paper's values. `paper`: real Cityscapes and the hub weights: the paper's numbers.
 
 # %% tags=["parameters"]
 profile = "smoke"  # smoke | mini | paper
@@ -36,21 +37,22 @@ data_root = ""  # a real dataset root, or empty for the synthetic set of the pro
 seeds = []  # the seeds each cell averages over; empty: the profile's seeds
 tables = [8]  # build Table 8 when 8 is listed
 runs_dir = ""  # where runs live; empty: the profile's runs_dir
-overrides = []  # more config overrides, "key=value" (the tests: a smaller synthetic set)
-tables_dir = "results/tables"
+overrides = []  # more config overrides, as `castlib --set` takes them (the tests: a smaller synthetic set)
+tables_dir = "results/tables"  # relative: from the repository root
 figures_dir = "results/figures"
 output_dir = "results/notebooks/06_backbones_and_label_fractions"
 interactive = True  # show the widgets (headless runs set False)
 
 # %%
-from pathlib import Path
-
-from castlib.notebooks import notebook_config, record
+from castlib.notebooks import notebook_config, notebook_folder, record
 from castlib.report.ablations import build_table, data_notes
 from castlib.report.plots import label_fraction_figure, save_figure
 from castlib.report.tables import publish_table
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
+# folders from the repository root, whatever the kernel's working directory (JupyterLab starts it in notebooks/)
+tables_dir, figures_dir = notebook_folder(tables_dir), notebook_folder(figures_dir)
+output_dir = notebook_folder(output_dir)
 for line in data_notes(cfg):
     print(line)
 
@@ -60,7 +62,7 @@ if 8 in tables:
     publish_table(table, tables_dir)
     shown = table[table.attrs["display_columns"]]
     record(output_dir, "table8", shown.to_dict("records"))
-    save_figure(label_fraction_figure(table), Path(figures_dir) / "table8_label_fractions.png")
+    save_figure(label_fraction_figure(table), figures_dir / "table8_label_fractions.png")
 else:
     shown = "Table 8 not requested (tables parameter)"
 shown

@@ -13,18 +13,21 @@
 #     name: python3
 # ---
 
-# %%
-
 # %% [markdown]
 # # 07 · Qualitative results and efficiency
 #
 # Supplementary Fig. 1 shows teacher predictions beside the student's on Cityscapes validation images;
 # main-paper Fig. 2 measures what distillation buys: the student has about a tenth of the teacher's
 # parameters, runs several times faster and needs a fraction of its memory, at a higher AP.
-# Here both come from the trained runs of the CAST pipeline (notebooks 02-04, reused). On `smoke` the
-# models are tiny and barely trained (maskAP is 0 by design), and the sizes are the smoke sizes: the figures
-# show the format, not the method; every figure and table names its data (synthetic set, image size, counts, or
-# the real root).
+# Here both come from the trained runs of the CAST pipeline (notebooks 02-04, reused); every figure and table
+# names its data (synthetic set, image size, counts, or the real root).
+#
+# **Data and what the numbers mean.** `smoke`: 40 train and 10 val synthetic images (128x256) in the Cityscapes
+# format and tiny models barely trained: maskAP is 0 by design, the predictions are what such models draw, and
+# parameters, latency and memory are the tiny models' (their ratios are not the paper's); the paper-size columns
+# count the paper's architectures on this machine. `mini`: 300 synthetic images, stand-in backbones at smaller
+# sizes: small numbers, read for orderings. `paper`: real Cityscapes or ADE20K, the hub weights and a GPU: the
+# paper's Fig. 2 setting.
 
 # %% tags=["parameters"]
 profile = "smoke"  # smoke | mini | paper
@@ -32,22 +35,20 @@ dataset = "cityscapes"  # cityscapes | ade20k
 data_root = ""  # a real dataset root, or empty for the synthetic set of the profile
 seeds = []  # unused here beyond the config (the CAST runs of the profile's `seed` are shown)
 runs_dir = ""  # where runs live; empty: the profile's runs_dir
-overrides = []  # more config overrides, "key=value" (the tests: a smaller synthetic set)
+overrides = []  # more config overrides, as `castlib --set` takes them (the tests: a smaller synthetic set)
 min_score = 0.5  # the student's predictions shown: score at least this
 teacher_threshold = None  # the teacher's shown: box score above this; None: train.pseudo_labels.threshold (0.3)
-figures_dir = "results/figures"
+figures_dir = "results/figures"  # relative: from the repository root
 tables_dir = "results/tables"
 output_dir = "results/notebooks/07_qualitative_and_efficiency"
 interactive = True  # show the widgets (headless runs set False)
 
 # %%
-from pathlib import Path
-
 from castlib.data.loaders import describe_data
 from castlib.engine import stages as S
 from castlib.engine.distributed import resolve_device
 from castlib.eval.efficiency import fig2_table, write_fig2_table
-from castlib.notebooks import notebook_config, record
+from castlib.notebooks import notebook_config, notebook_folder, record
 from castlib.report.plots import (
     efficiency_figure,
     prediction_figure,
@@ -57,7 +58,8 @@ from castlib.report.plots import (
 )
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)
-figures = Path(figures_dir)
+# folders from the repository root, whatever the kernel's working directory (JupyterLab starts it in notebooks/)
+figures, tables_dir, output_dir = notebook_folder(figures_dir), notebook_folder(tables_dir), notebook_folder(output_dir)
 runs = S.cast(cfg)
 record(output_dir, "data", describe_data(cfg))
 
@@ -73,7 +75,8 @@ samples, predictions = validation_predictions(cfg, models, min_score=min_score, 
 rules = {name: selection_rule(cfg, which, min_score, teacher_threshold) for name, (_, which) in models.items()}
 record(output_dir, "instances_shown", {name: [len(p) for p in found] for name, found in predictions.items()})
 record(output_dir, "instance_rules", rules)
-save_figure(prediction_figure(samples, predictions, rules, data=cfg), figures / "teacher_vs_student_predictions.png")
+predictions_png = save_figure(prediction_figure(samples, predictions, rules, data=cfg),
+                              figures / "teacher_vs_student_predictions.png")
 
 # %% [markdown]
 # ## Fig. 2: parameters, FLOPs, latency, FPS and memory of the trained teacher and student
@@ -86,7 +89,7 @@ save_figure(prediction_figure(samples, predictions, rules, data=cfg), figures / 
 efficiency = fig2_table(cfg, runs["teacher"].model_dir, runs["refined"].model_dir, resolve_device(cfg.device),
                         ap={"teacher": runs["teacher"].metrics["ap"], "student": runs["refined"].metrics["ap"]},
                         runs={"teacher": runs["teacher"].id, "student": runs["refined"].id})
-write_fig2_table(efficiency, Path(tables_dir) / f"efficiency_trained_{cfg.data.dataset}")
+write_fig2_table(efficiency, tables_dir / f"efficiency_trained_{cfg.data.dataset}")
 measured = efficiency.set_index("metric")
 record(output_dir, "efficiency", {
     which: {key: float(measured.loc[label, f"measured {which}"])

@@ -1,12 +1,25 @@
 """Notebooks: paired with their jupytext sources, parameterised, and run headless by papermill."""
 
+import ast
 import json
+import logging
+import re
+import subprocess
 
 import jupytext
 import pandas as pd
 import pytest
 
-from castlib.notebooks import notebook_parameters, notebook_sources, read_record, record, run_notebook
+from castlib.config import REPO_ROOT
+from castlib.notebooks import (
+    NOTEBOOK_DIR,
+    notebook_folder,
+    notebook_parameters,
+    notebook_sources,
+    read_record,
+    record,
+    run_notebook,
+)
 
 SOURCES = notebook_sources()
 
@@ -28,6 +41,76 @@ def test_each_notebook_has_a_papermill_parameters_cell_with_the_profile(source):
     cells = [c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", [])]
     assert len(cells) == 1
     assert all(name in cells[0].source for name in ("profile", "output_dir", "interactive"))
+
+
+def committed(path) -> str:
+    """The file as git stages it (through the nbstripout filter where `make notebook-filter` set it up), or as it
+    is on disk outside a git checkout."""
+    staged = subprocess.run(["git", "show", f":{path.relative_to(REPO_ROOT)}"], cwd=REPO_ROOT, capture_output=True,
+                            text=True)
+    return staged.stdout if staged.returncode == 0 else path.read_text()
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_each_committed_ipynb_has_no_outputs_and_no_execution_counts(source):
+    """The committed notebooks are the reader's clean copy: a run's outputs live in the executed copies under
+    results/. Saved from JupyterLab, a notebook keeps its outputs on disk; `make notebook-filter` has git strip
+    them, else `git checkout` the file (or `make notebooks` after editing its .py)."""
+    path = source.with_suffix(".ipynb")
+    notebook = json.loads(committed(path))
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code), \
+        f"{path.name} would be committed with outputs: run `make notebook-filter`, or strip them"
+    assert "widgets" not in notebook["metadata"] and "language_info" not in notebook["metadata"]
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_each_notebook_opens_with_what_it_shows_and_what_its_numbers_mean_on_each_profile(source):
+    cells = jupytext.read(source).cells
+    assert cells[0].cell_type == "markdown" and cells[0].source.startswith(f"# {source.stem[:2]} ·")
+    opening = " ".join(cells[0].source.split())
+    assert "**Data and what the numbers mean.**" in opening
+    assert all(f"`{profile}`" in opening for profile in ("smoke", "mini", "paper"))
+    assert "0 by design" in opening or "trains nothing" in opening
+    assert all(c.source.strip() for c in cells), "an empty cell"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_papermill_reads_every_line_of_the_parameters_cell(source, caplog):
+    """papermill warns `Unable to parse line` on a line with a second "=" (a comment's "key=value")."""
+    from papermill.translators import PythonTranslator
+
+    cell = next(c for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", []))
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        found = PythonTranslator.inspect(cell)
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+    assert {p.name for p in found} == notebook_parameters(jupytext.read(source))
+
+
+FOLDER_PARAMETER = re.compile(r"_dir$|^data_root$")
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_every_folder_parameter_goes_through_notebook_folder(source):
+    """JupyterLab starts the kernel in notebooks/: a folder parameter read from the working directory would write
+    under notebooks/results/. Each goes through notebook_folder, or through notebook_config, which uses it."""
+    notebook = jupytext.read(source)
+    folders = {name for name in notebook_parameters(notebook) if FOLDER_PARAMETER.search(name)}
+    assert folders
+    resolved = set()
+    for cell in notebook.cells:
+        if cell.cell_type != "code" or "parameters" in cell.metadata.get("tags", []):
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("notebook_folder", "notebook_config"):
+                resolved |= {arg.id for arg in ast.walk(node) if isinstance(arg, ast.Name)}
+    assert folders <= resolved, f"not resolved from the repository root: {sorted(folders - resolved)}"
+
+
+def test_notebook_folder_reads_a_relative_folder_from_the_repository_root_whatever_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert notebook_folder("results/tables") == REPO_ROOT / "results" / "tables"
+    assert notebook_folder(tmp_path / "x") == tmp_path / "x"  # absolute: as given (the tests' temporary folders)
 
 
 def small_data(root):
@@ -64,6 +147,25 @@ def test_each_notebook_runs_headless_on_the_smoke_profile(source, executed):
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert any((root / source.stem).iterdir())  # the notebook wrote its tables, figures or record
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_each_figure_a_notebook_saves_is_also_shown_in_the_executed_copy(source, executed):
+    _, notebooks = executed
+    cells = [c for c in json.loads(notebooks[source.stem].read_text())["cells"] if c["cell_type"] == "code"]
+    figure_cells = [c for c in cells if re.search(r"save_figure\(", "".join(c["source"]))]
+    assert figure_cells or source.stem.startswith("05")
+    for cell in figure_cells:
+        images = [o for o in cell["outputs"] if "image/png" in o.get("data", {})]
+        assert len(images) == len(re.findall(r"save_figure\(", "".join(cell["source"]))), "".join(cell["source"])
+        assert not [o for o in cell["outputs"] if "PosixPath" in str(o.get("data", {}).get("text/plain", ""))]
+
+
+def test_the_notebooks_write_nothing_under_notebooks(executed):
+    """The kernel ran in notebooks/, as JupyterLab starts it: no file appeared there (notebooks/results/ was one)."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", str(NOTEBOOK_DIR)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    assert not [line for line in status.splitlines() if line.startswith("??")], status
 
 
 def _figures(root, *names):

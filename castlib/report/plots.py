@@ -1,13 +1,16 @@
 """Figures the notebooks and ``make reproduce`` share (matplotlib, headless-safe).
 
-Every figure states its data in the caption above it (:func:`data_caption`): the synthetic set with its image size and
-counts, or the real root (:func:`castlib.data.loaders.describe_data`), and on smoke that maskAP is 0 by design.
-A figure drawn from a config is given it (``data=cfg``); one drawn from runs' logs or from a table reads it from
-what they carry (``log.attrs`` of :func:`read_log`, ``table.attrs`` of the table builders).
+Every figure has a title and states its data and profile in the caption above it (:func:`data_caption`): the
+synthetic set with its image size and counts, or the real root (:func:`castlib.data.loaders.describe_data`), and on
+smoke that maskAP is 0 by design. A figure drawn from a config is given it (``data=cfg``); one drawn from runs' logs
+or from a table reads it from what they carry (``log.attrs`` of :func:`read_log`, ``table.attrs`` of the table
+builders). Plots label both axes; image grids have no axes to label. :func:`save_figure` writes a figure and, in a
+Jupyter kernel, also shows it inline (:func:`show_figure`).
 """
 
 from __future__ import annotations
 
+import io
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -18,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from scipy.ndimage import binary_erosion
 from torchvision.transforms.v2 import functional as TF
 
@@ -38,15 +42,27 @@ from castlib.io import atomic_path
 NOT_STATED = "data: not stated (the figure was given no config, run or table to read it from)"
 
 
+def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, squeeze: bool = True):
+    """``(figure, axes)`` as ``plt.subplots`` gives them, but a figure pyplot does not track: a widget's callback runs
+    on a kernel subshell thread in JupyterLab 4.6 (``commsOverSubshells``, ipykernel 7), where pyplot's shared state
+    drew figures blank (a transparent image, or tick labels alone); a figure of its own draws there as in a cell."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
 def data_caption(data: Config | str | pd.DataFrame | None = None) -> str:
-    """The data line of a figure: from a config (:func:`describe_data`, and on smoke that AP is 0 by design), a
-    table or log whose ``attrs`` name ``data`` and ``profile`` (:func:`read_log`, the table builders), or a line
-    given as it is; :data:`NOT_STATED` where there is none."""
+    """The data line of a figure: from a config (:func:`describe_data` and the profile, and on smoke that AP is 0 by
+    design), a table or log whose ``attrs`` name ``data`` and ``profile`` (:func:`read_log`, the table builders), or
+    a line given as it is; :data:`NOT_STATED` where there is none."""
     if isinstance(data, Config):
-        return data_note(describe_data(data), data.profile)
+        return _with_profile(describe_data(data), data.profile)
     if isinstance(data, pd.DataFrame):
-        return data_note(data.attrs["data"], data.attrs.get("profile")) if data.attrs.get("data") else NOT_STATED
+        return _with_profile(data.attrs["data"], data.attrs.get("profile")) if data.attrs.get("data") else NOT_STATED
     return data or NOT_STATED
+
+
+def _with_profile(data: str, profile: str | None) -> str:
+    return data_note(f"{data}, profile `{profile}`" if profile else data, profile)
 
 
 def caption_figure(fig, data: Config | str | pd.DataFrame | None, title: str = "") -> None:
@@ -83,11 +99,11 @@ def overlay_instances(image: torch.Tensor, masks: torch.Tensor, alpha: float = 0
 
 
 def show_samples(samples: Sequence[InstanceSample], class_names: Sequence[str], columns: int = 2,
-                 data: Config | str | None = None):
-    """A grid of images beside their ground-truth instances, titled with the class counts; ``data`` (the config)
-    names the data above it."""
+                 data: Config | str | None = None, title: str = "training images beside their ground-truth instances"):
+    """A grid of images beside their ground-truth instances, each titled with its class counts; ``data`` (the
+    config) names the data above it."""
     rows = (len(samples) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, 2 * columns, figsize=(5 * columns, 1.6 * rows * 2), squeeze=False)
+    fig, axes = new_figure(rows, 2 * columns, figsize=(5 * columns, 1.6 * rows * 2), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for k, s in enumerate(samples):
@@ -99,13 +115,13 @@ def show_samples(samples: Sequence[InstanceSample], class_names: Sequence[str], 
         counts = np.bincount(s.labels.numpy(), minlength=len(class_names))
         top = ", ".join(f"{class_names[i]} {counts[i]}" for i in np.argsort(-counts)[:3] if counts[i])
         axes[r, 2 * c + 1].set_title(f"{len(s.labels)} instances: {top}", fontsize=7)
-    caption_figure(fig, data)
+    caption_figure(fig, data, title)
     return fig
 
 
 def show_views(sample: InstanceSample, data: Config | str | None = None):
     """Weak view with its masks beside the strong view of the same pixels; ``data`` (the config) names the data."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 2.6))
+    fig, axes = new_figure(1, 3, figsize=(12, 2.6))
     axes[0].imshow(sample.image.permute(1, 2, 0).numpy().clip(0, 1))
     axes[0].set_title("weak view")
     axes[1].imshow(overlay_instances(sample.image, sample.masks))
@@ -114,7 +130,8 @@ def show_views(sample: InstanceSample, data: Config | str | None = None):
     axes[2].set_title("strong view (photometric only)")
     for ax in axes:
         ax.axis("off")
-    caption_figure(fig, data)
+    caption_figure(fig, data, "a labelled image: the weak view with its instances, and the strong view of the same "
+                              "pixels (the positive pairs of L_pxl)")
     return fig
 
 
@@ -133,7 +150,8 @@ def read_log(run: Run) -> pd.DataFrame:
 
 
 _DEEP_SUPERVISION = re.compile(r"_\d+$")  # loss_mask_3: the same term at an intermediate decoder layer
-_DIAGNOSTICS = ("pxl/margin", "pxl/fnr")  # not loss terms: :func:`contrastive_diagnostics` plots them
+# not loss terms: :func:`contrastive_diagnostics` plots the margin and the false-negative rate
+_DIAGNOSTICS = ("pxl/margin", "pxl/fnr", "pxl/background_share")
 
 
 def training_curves(log: pd.DataFrame, title: str = "", data: Config | str | None = None):
@@ -146,13 +164,15 @@ def training_curves(log: pd.DataFrame, title: str = "", data: Config | str | Non
                 or _DEEP_SUPERVISION.search(column)):
             continue
         groups.setdefault(column.split("/")[0] if "/" in column else "total", []).append(column)
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 2.8), squeeze=False)
+    fig, axes = new_figure(1, len(groups), figsize=(3.6 * len(groups), 2.8), squeeze=False)
     names = {"sup": "L_sup", "semi": "L_semi", "pxl": "L_pxl", "total": "J (weighted sum)"}
     for ax, (group, columns) in zip(axes[0], groups.items(), strict=True):
         for column in columns:
             ax.plot(log["iteration"], log[column], label=column.split("/")[-1], lw=1.2)
         ax.set_title(names.get(group, group), fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
+        ax.set_ylabel("loss" if group != "total" else "weighted loss", fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend(fontsize=6)
     caption_figure(fig, data or log, title)
     return fig
@@ -163,15 +183,18 @@ def contrastive_diagnostics(logs: Mapping[str, pd.DataFrame], data: Config | str
     similarity) and the false-negative rate of the sampled negatives over training, one line per sampler;
     the dashed line at 0.5 is the bound p > 0.5 the proposition assumes. The data: ``data``, else the first
     log's (:func:`read_log`)."""
-    fig, (margin, fnr) = plt.subplots(1, 2, figsize=(9, 3))
+    fig, (margin, fnr) = new_figure(1, 2, figsize=(9, 3))
     for name, log in logs.items():
         margin.plot(log["iteration"], log["pxl/margin"], label=name)
         fnr.plot(log["iteration"], log["pxl/fnr"], label=name)
     fnr.axhline(0.5, color="grey", ls="--", lw=1)
     margin.set_title("margin $\\Delta_{emp}$", fontsize=9)
+    margin.set_ylabel("cosine similarity: mean $s^+$ minus mean $s^-$", fontsize=8)
     fnr.set_title("false-negative rate of sampled negatives", fontsize=9)
+    fnr.set_ylabel("false-negative rate $1-p$", fontsize=8)
     for ax in (margin, fnr):
         ax.set_xlabel("iteration", fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     caption_figure(fig, data or next(iter(logs.values()), None), "Proposition 3.1: margin and false negatives")
     return fig
@@ -181,7 +204,7 @@ def pseudo_label_figure(ground_truth: Sequence[InstanceSample], pseudo: Sequence
                         data: Config | str | None = None):
     """Unlabelled images: the ground truth (never used in training) beside the teacher's pseudo-labels; ``data``
     (the config) names the data."""
-    fig, axes = plt.subplots(len(ground_truth), 2, figsize=(8, 2.2 * len(ground_truth)), squeeze=False)
+    fig, axes = new_figure(len(ground_truth), 2, figsize=(8, 2.2 * len(ground_truth)), squeeze=False)
     for row, (gt, pl) in zip(axes, zip(ground_truth, pseudo, strict=True), strict=True):
         row[0].imshow(overlay_instances(gt.image, gt.masks))
         row[0].set_title(f"{gt.image_id}: ground truth, {len(gt.labels)} instances", fontsize=7)
@@ -189,7 +212,8 @@ def pseudo_label_figure(ground_truth: Sequence[InstanceSample], pseudo: Sequence
         row[1].set_title(f"teacher pseudo-labels, {len(pl.labels)} instances", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    caption_figure(fig, data)
+    caption_figure(fig, data, "unlabelled images: the ground truth (never used in training) beside the adapted "
+                              "teacher's pseudo-labels")
     return fig
 
 
@@ -261,7 +285,7 @@ def prediction_figure(samples: Sequence[InstanceSample], predictions: Mapping[st
     the rule that chose them (``rules`` by name, :func:`selection_rule`); ``data`` (the config) names the data."""
     rules = rules or {}
     columns = ["ground truth", *predictions]
-    fig, axes = plt.subplots(len(samples), len(columns), figsize=(3.8 * len(columns), 2.1 * len(samples)),
+    fig, axes = new_figure(len(samples), len(columns), figsize=(3.8 * len(columns), 2.1 * len(samples)),
                              squeeze=False)
     for i, sample in enumerate(samples):
         shown = [(sample.masks, len(sample.labels))] + [(p[i].masks, len(p[i])) for p in predictions.values()]
@@ -284,7 +308,7 @@ def efficiency_figure(table: pd.DataFrame, data: Config | str | None = None):
     the paper's (and the paper-size models' where counted); the caption names the profile, the device and the
     data (``data``, else the table's)."""
     rows = table.set_index("metric") if "metric" in table.columns else table
-    fig, axes = plt.subplots(1, len(EFFICIENCY_PANELS), figsize=(3 * len(EFFICIENCY_PANELS), 2.8))
+    fig, axes = new_figure(1, len(EFFICIENCY_PANELS), figsize=(3 * len(EFFICIENCY_PANELS), 2.8))
     for ax, (metric, label) in zip(axes, EFFICIENCY_PANELS.items(), strict=True):
         row = rows.loc[metric]
         values = [row["measured teacher"], row["measured student"]]
@@ -295,6 +319,7 @@ def efficiency_figure(table: pd.DataFrame, data: Config | str | None = None):
         changes = [f"measured {row['measured change']}", f"paper {row['paper change']}"]
         changes += [f"paper-size {row['paper-size change']}"] if row["paper-size change"] != "-" else []
         ax.set_title(f"{label}\n" + ", ".join(changes), fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
     profile = table.attrs.get("profile", "?")
     title = (f"main-paper Fig. 2: the `{profile}` teacher and student measured on {table.attrs.get('measured_on', '?')}"
              + ("" if profile == "paper" else f" (`{profile}` models are tiny stand-ins: their ratios are not "
@@ -309,7 +334,7 @@ def label_fraction_figure(table: pd.DataFrame, data: Config | str | None = None)
     :func:`castlib.report.ablations.table8`. The data: ``data``, else the table's (``attrs``)."""
     columns = [c for c in table.columns if c.endswith("% labels") and not c.startswith("paper ")]
     fractions = [float(c.split("%")[0]) for c in columns]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = new_figure(figsize=(5, 3.2))
     for colour, row in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], table.to_dict("records"), strict=False):
         reproduced = [row[f"{c} mean"] for c in columns]
         if not all(np.isnan(reproduced)):
@@ -323,10 +348,38 @@ def label_fraction_figure(table: pd.DataFrame, data: Config | str | None = None)
     return fig
 
 
-def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Save atomically (PNG or PDF by suffix) and close the figure."""
+def in_kernel() -> bool:
+    """Whether this runs in a Jupyter kernel (JupyterLab, papermill), where figures are also shown inline."""
+    from IPython import get_ipython
+
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes, drawn here on a white background (tight bounding box)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    return buffer.getvalue()
+
+
+def show_figure(fig, dpi: int = 100) -> None:
+    """Show the figure inline as a PNG drawn here (:func:`figure_png`), then close it: the image does not go through
+    the kernel's matplotlib backend (whose ``display(fig)`` after a ``plt.close`` gave a widget callback a
+    transparent image in JupyterLab)."""
+    from IPython.display import Image, display
+
+    png = figure_png(fig, dpi)
+    plt.close(fig)
+    display(Image(data=png, format="png"))
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120, show: bool | None = None) -> Path:
+    """Save atomically (PNG or PDF by suffix, on white), show the figure inline when ``show`` (by default: in a
+    Jupyter kernel, :func:`in_kernel`), and close it."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."), bbox_inches="tight")
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip("."), bbox_inches="tight", facecolor="white")
+    if in_kernel() if show is None else show:
+        show_figure(fig)
     plt.close(fig)
     return path
