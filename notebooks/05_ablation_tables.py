@@ -60,7 +60,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from castlib.notebooks import notebook_config, notebook_folder, record
-from castlib.report.ablations import build_table, data_notes
+from castlib.report.ablations import build_table, data_notes, orderings_header
 from castlib.report.orderings import write_orderings
 from castlib.report.tables import publish_table
 
@@ -128,7 +128,7 @@ if 7 in chosen:
 # a seed disagrees, "one seed" when only one paired difference exists (`castlib.report.orderings`).
 
 # %%
-written = write_orderings(tables_dir, [f"Profile {cfg.profile}. {data_notes(cfg)[0]}"])
+written = write_orderings(tables_dir, orderings_header(cfg))
 if written:
     orderings = pd.read_csv(written[0], comment="#")
     record(output_dir, "orderings", orderings[["table", "claim", "verdict"]].to_dict("records"))
