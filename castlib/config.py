@@ -206,6 +206,29 @@ class Config(dict):
     def to_dict(self) -> dict:
         return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self.items()}
 
+    def with_changes(self, changes: Mapping[str, Any]) -> Config:
+        """A deep copy with each dotted key of ``changes`` set (``{"data.label_fraction": 0.1}``); the copy is
+        ``self`` itself when every key already holds its value, so an unchanged variant keeps its run ids. A
+        mapping value is stored as a :class:`Config`; a key whose parent is missing is a ``KeyError``."""
+        if all(_has_value(self, dotted, value) for dotted, value in changes.items()):
+            return self
+        out = copy.deepcopy(self)
+        for dotted, value in changes.items():
+            *parents, last = dotted.split(".")
+            node = out
+            for part in parents:
+                node = node[part]
+            node[last] = as_config(copy.deepcopy(value))
+        return out
+
+
+def _has_value(cfg: Config, dotted: str, value: Any) -> bool:
+    try:
+        current = cfg.get_path(dotted)
+    except (KeyError, TypeError):
+        return False
+    return type(current) is type(value) and current == value
+
 
 def as_config(obj: Any) -> Any:
     """Nested mappings as :class:`Config` (attribute access), lists kept."""

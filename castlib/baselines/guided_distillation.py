@@ -17,7 +17,6 @@ schedule (spec 1.9). The student is what is evaluated and saved.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -59,9 +58,7 @@ def gd_config(cfg: Config, backbone: str, fraction: float) -> Config:
     if not any(math.isclose(fraction, f) for f in cfg.data.label_fractions):
         raise ConfigError(None, "data.label_fraction",
                           f"{fraction} is not one of data.label_fractions {list(cfg.data.label_fractions)}")
-    out = copy.deepcopy(cfg)
-    out.model.baseline_backbone = backbone
-    out.data.label_fraction = float(fraction)
+    out = cfg.with_changes({"model.baseline_backbone": backbone, "data.label_fraction": float(fraction)})
     section = out.get_path(SECTION)
     if not 0 <= section.burn_in_iterations <= section.iterations:
         raise ConfigError(None, f"{SECTION}.burn_in_iterations",

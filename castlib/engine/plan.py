@@ -590,10 +590,8 @@ def stage_training(cfg: Config, key: str, ctx, iterations: int):
     stage, _, backbone = key.partition("/")
     if stage not in MEASURABLE_STAGES:
         raise ValueError(f"{key}: only {', '.join(MEASURABLE_STAGES)} are built by stages.training")
-    short = copy.deepcopy(cfg)
-    short.model.pretrained = short.model.stand_in = False
-    if backbone:
-        short.model.student_backbone = backbone
+    short = cfg.with_changes({"model.pretrained": False, "model.stand_in": False}
+                             | ({"model.student_backbone": backbone} if backbone else {}))
     role = "teacher" if stage.startswith("teacher") else "student"
     section = stages.stage_section(short, stage)
     stages.check_data(short, stage, ctx)

@@ -19,7 +19,6 @@ stage's model from the target config and loads the stand-in's weights into it.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
 from castlib.config import Config
@@ -44,15 +43,13 @@ def source_config(cfg: Config) -> Config:
     if cfg.model.pretrained:
         raise ConfigError(None, "model.stand_in", "model.pretrained (hub weights) and model.stand_in (source-domain "
                                                   "weights) exclude each other; set one of them to false")
-    source = copy.deepcopy(cfg)
-    source.data.source, source.data.root = "synthetic", None  # always synthetic, whatever the target (a real root too)
-    syn, dataset = source.data.synthetic, cfg.data.dataset
-    syn.name, syn.domain = f"{syn.name}-source", "source"
-    syn[dataset] = Config({**syn[dataset], **syn.source[dataset]})
-    source.model.stand_in = False
-    source.model.trainable = ["encoder", "decoder"]
-    source.model.teacher.trainable = list(TEACHER_PRETRAIN_PARTS)
-    return source
+    syn, dataset = cfg.data.synthetic, cfg.data.dataset
+    return cfg.with_changes({
+        "data.source": "synthetic", "data.root": None,  # always synthetic, whatever the target (a real root too)
+        "data.synthetic.name": f"{syn.name}-source", "data.synthetic.domain": "source",
+        f"data.synthetic.{dataset}": {**syn[dataset], **syn.source[dataset]},
+        "model.stand_in": False, "model.trainable": ["encoder", "decoder"],
+        "model.teacher.trainable": list(TEACHER_PRETRAIN_PARTS)})
 
 
 def _section(cfg: Config, lr: float, warmup: int = 0) -> Config:
@@ -85,8 +82,8 @@ def pretrain_backbone(cfg: Config, backbone: str) -> Run:
     """The pretrained backbone ``model.backbones.<backbone>`` (DINOv2 / ResNet stand-in): a model of the student's
     architecture on that encoder, every part trained on the source domain with the set criterion for
     ``train.pretrain.backbone_iterations``; its encoder is what the student or baseline starts from."""
-    source, seed = source_config(cfg), cfg.train.pretrain.seed
-    source.model.baseline_backbone = backbone
+    source = source_config(cfg).with_changes({"model.baseline_backbone": backbone})
+    seed = cfg.train.pretrain.seed
     run, ctx = stages._start(source, "pretrain_backbone", {}, seed, backbone=backbone)
     if stages._done(run, ctx):
         return run

@@ -23,7 +23,6 @@ runs alone (no build time, no builder's commit), so the same runs give the same 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
@@ -86,18 +85,14 @@ def with_student_contrastive(cfg: Config, key: str, value: Any) -> Config:
     effective = {**cfg.loss.contrastive, **cfg.train.student.contrastive}
     if effective[key] == value:
         return cfg
-    out = copy.deepcopy(cfg)
-    out.train.student.contrastive[key] = value
-    return out
+    return cfg.with_changes({f"train.student.contrastive.{key}": value})
 
 
 def with_label_fraction(cfg: Config, fraction: float) -> Config:
     """``cfg`` training on the Cityscapes labelled fraction ``fraction`` (Table 8)."""
     if cfg.data.label_fraction == fraction:
         return cfg
-    out = copy.deepcopy(cfg)
-    out.data.label_fraction = fraction
-    return out
+    return cfg.with_changes({"data.label_fraction": fraction})
 
 
 def teacher_init_is_fixed(cfg: Config) -> bool:
@@ -421,9 +416,7 @@ def table_config(cfg: Config, number: int) -> Config:
         chosen[int(key)] = seeds
     if number not in chosen or list(chosen[number]) == list(cfg.seeds):
         return cfg
-    out = copy.deepcopy(cfg)
-    out.seeds = list(chosen[number])
-    return out
+    return cfg.with_changes({"seeds": list(chosen[number])})
 
 
 def build_table(cfg: Config, number: int, train: bool = True) -> pd.DataFrame:
@@ -437,9 +430,7 @@ def build_table(cfg: Config, number: int, train: bool = True) -> pd.DataFrame:
 # Training the tables' runs with several processes (``python -m castlib table 3 6 7 --jobs 2``).
 
 def _one_seed(cfg: Config, seed: int) -> Config:
-    out = copy.deepcopy(cfg)
-    out.seeds = [seed]
-    return out
+    return cfg.with_changes({"seeds": [seed]})
 
 
 def table_units(cfg: Config, numbers: Sequence[int]) -> list[tuple[int, int]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import html
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -119,8 +118,7 @@ def variant_config(cfg: Config, **choices: Any) -> Config:
         cfg = with_label_fraction(cfg, choices["label_fraction"])
     weight = choices.get("contrastive_weight", cfg.train.student.contrastive_weight)
     if weight != cfg.train.student.contrastive_weight:
-        cfg = copy.deepcopy(cfg)
-        cfg.train.student.contrastive_weight = float(weight)
+        cfg = cfg.with_changes({"train.student.contrastive_weight": float(weight)})
     return cfg
 
 
