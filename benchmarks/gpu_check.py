@@ -105,7 +105,7 @@ def _reset_peak(device: torch.device) -> None:
 def training_step(cfg: Config, key: str, device: torch.device, steps: int = 3) -> dict:
     """Step time (median of ``steps`` after 1 untimed) and peak memory of a training step of ``key`` (bf16
     autocast, then fp32)."""
-    from castlib.engine import distributed as D
+    from castlib import distributed as D
     from castlib.engine.plan import stage_training, timed_steps
 
     ctx = D.init(cfg.device)

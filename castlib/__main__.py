@@ -254,7 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_efficiency(args: argparse.Namespace) -> None:
-    from castlib.engine.distributed import resolve_device
+    from castlib.distributed import resolve_device
     from castlib.eval.efficiency import fig2_table, write_fig2_table
 
     cfg = config_from_args(args)

@@ -17,42 +17,10 @@ from pathlib import Path
 import torch
 
 from castlib.config import PAPER_PROFILES, Config
+from castlib.distributed import CPU_ON_PURPOSE, driver_needed
 from castlib.errors import CastError, DeviceError
 
 PACKAGES = ("torch", "torchvision", "transformers", "pycocotools", "cityscapesscripts")
-
-# The Linux x86_64 NVIDIA driver each CUDA toolkit release ships with and needs, by (major, minor): NVIDIA CUDA
-# Toolkit Release Notes, table "CUDA Toolkit and Corresponding Driver Versions" (the GA release of each toolkit;
-# https://docs.nvidia.com/cuda/cuda-toolkit-release-notes/). A torch wheel built for CUDA X.Y needs that driver.
-CUDA_DRIVERS = {
-    (11, 8): "520.61.05", (12, 0): "525.60.13", (12, 1): "530.30.02", (12, 2): "535.54.03", (12, 3): "545.23.06",
-    (12, 4): "550.54.14", (12, 5): "555.42.02", (12, 6): "560.28.03", (12, 8): "570.26", (12, 9): "575.51.03",
-    (13, 0): "580.65.06",
-}
-CPU_ON_PURPOSE = "pass --device cpu (or --set device=cpu) to run on the CPU on purpose"
-
-
-def driver_needed(cuda: str | None = None) -> str:
-    """What the installed torch needs of the machine: the NVIDIA driver of its CUDA version (:data:`CUDA_DRIVERS`),
-    or a CUDA build when it is a CPU-only one. ``cuda``: a CUDA version as ``torch.version.cuda`` gives it."""
-    cuda = torch.version.cuda if cuda is None else cuda
-    if not cuda:
-        return (f"torch {torch.__version__} is a CPU-only build: install a CUDA build of torch (README 'On a GPU "
-                "box')")
-    major, minor = (int(part) for part in cuda.split(".")[:2])
-    driver = CUDA_DRIVERS.get((major, minor))
-    if driver is None:
-        return (f"torch {torch.__version__} is built for CUDA {cuda}: its NVIDIA driver is in NVIDIA's CUDA Toolkit "
-                "release notes ('CUDA Toolkit and Corresponding Driver Versions')")
-    return f"torch {torch.__version__} is built for CUDA {cuda}, which needs an NVIDIA driver >= {driver} on Linux"
-
-
-def no_cuda_message() -> str:
-    """The error of ``device: cuda`` (the paper profile's device, auto included) on a machine without CUDA."""
-    return (f"config key device asks for cuda (on the paper profile, auto does too) but torch finds no CUDA device; "
-            f"{driver_needed()}; `nvidia-smi` shows the driver and the GPUs. Or {CPU_ON_PURPOSE} (a paper-size "
-            "training step takes minutes there)")
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -80,7 +48,7 @@ def environment() -> Iterator[Finding]:
 
 def device(cfg: Config) -> Iterator[Finding]:
     """The device runs will use: ``cuda`` (the paper profile's, auto included) without CUDA is a problem."""
-    from castlib.engine.distributed import resolve_device
+    from castlib.distributed import resolve_device
 
     try:
         chosen = resolve_device(cfg.device)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from castlib.engine import distributed as D
+from castlib import distributed as D
 from castlib.engine.batches import split_batch
 from castlib.engine.loop import _accumulate
 from castlib.global_batch import forward_share, global_normaliser

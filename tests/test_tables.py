@@ -19,7 +19,8 @@ from castlib.config import load_config
 from castlib.engine import stages
 from castlib.engine.logs import read_timing
 from castlib.engine.plan import plan_frame, planning, registry_step_times, training_seconds
-from castlib.engine.runs import cpu_model, runs_dir
+from castlib.engine.runs import runs_dir
+from castlib.machine import cpu_model
 from castlib.errors import ConfigError
 from castlib.report import ablations
 from castlib.report.tables import write_table

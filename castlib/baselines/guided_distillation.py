@@ -29,7 +29,7 @@ from castlib.config import Config
 from castlib.data.loaders import build_dataset, labelled_dataset, read_split_ids
 from castlib.data.sample import Batch
 from castlib.data.transforms import train_views
-from castlib.engine import distributed as D
+from castlib import distributed as D
 from castlib.engine import stages
 from castlib.engine.batches import batch_stream
 from castlib.engine.loop import train

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from castlib.engine.checkpoint import load_checkpoint, restore, save_checkpoint
-from castlib.engine.distributed import Context, all_reduce_sum, barrier
+from castlib.distributed import Context, all_reduce_sum, barrier
 from castlib.engine.logs import TIMING_FILE, TrainingLog, read_timing
 from castlib.engine.optim import clip_gradients
 from castlib.engine.runs import Run

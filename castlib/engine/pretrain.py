@@ -25,7 +25,7 @@ from castlib.config import Config
 from castlib.data.datasets import InstanceDataset
 from castlib.data.loaders import build_dataset
 from castlib.data.transforms import train_views
-from castlib.engine import distributed as D
+from castlib import distributed as D
 from castlib.engine import stages
 from castlib.engine.plan import current_plan
 from castlib.engine.runs import Run

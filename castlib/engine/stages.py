@@ -48,7 +48,7 @@ from castlib.data.loaders import (
     val_dataset,
 )
 from castlib.data.transforms import EvalView
-from castlib.engine import distributed as D
+from castlib import distributed as D
 from castlib.engine.batches import batch_stream, split_batch
 from castlib.engine.loop import train
 from castlib.engine.objective import Objective

@@ -300,7 +300,7 @@ def fig2_table(cfg, teacher_dir: str | Path | None = None, student_dir: str | Pa
     ``paper_size`` passes counts made before (else they are computed here)."""
     from castlib import paper
     from castlib.data.loaders import SMOKE_AP_NOTE, describe_data
-    from castlib.engine.runs import git_commit, hardware
+    from castlib.machine import git_commit, hardware
 
     measured = teacher_vs_student(cfg, teacher_dir, student_dir, device)
     counts = paper_size if paper_size is not None else paper_size_counts(cfg.data.dataset)

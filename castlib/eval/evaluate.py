@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from castlib.config import Config
 from castlib.data.datasets import InstanceDataset
 from castlib.data.loaders import make_loader
-from castlib.engine.distributed import Context
+from castlib.distributed import Context
 from castlib.errors import ConfigError, EvaluationError
 from castlib.eval.cityscapes import cityscapes_mask_ap, write_cityscapes_prediction
 from castlib.eval.coco import coco_mask_ap, coco_results

@@ -161,14 +161,14 @@ def test_a_trailing_slash_or_a_dot_in_the_data_root_is_the_same_run(private, rea
 
 @pytest.mark.parametrize(("cuda", "driver"), [("12.8", "570.26"), ("13.0", "580.65.06"), ("12.6", "560.28.03")])
 def test_the_driver_named_is_the_one_of_torchs_cuda_version(cuda, driver):
-    from castlib.doctor import driver_needed
+    from castlib.distributed import driver_needed
 
     assert driver_needed(cuda).endswith(f"is built for CUDA {cuda}, which needs an NVIDIA driver >= {driver} on Linux")
     assert "CPU-only build" in driver_needed("") and "release notes" in driver_needed("99.1")
 
 
 def test_cuda_without_cuda_is_an_error_and_auto_is_the_cpu_only_where_allowed(monkeypatch):
-    from castlib.engine.distributed import resolve_device
+    from castlib.distributed import resolve_device
     from castlib.errors import DeviceError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
