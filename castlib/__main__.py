@@ -100,12 +100,6 @@ def cmd_notebooks(args: argparse.Namespace) -> None:
         print(f"  -> {done}")
 
 
-TRAIN_STAGES = ("teacher_init", "teacher_finetune", "teacher_adaptation", "teacher_self_training", "pseudo_labels",
-                "knowledge_transfer", "student_refinement", "cast", "supervised_student")
-STUDENT_STAGES = ("pseudo_labels", "knowledge_transfer", "student_refinement", "cast")
-BASELINE_STAGES = ("guided_distillation",)  # supplementary Table 8's baseline (castlib.baselines)
-
-
 def train_baseline(cfg, args: argparse.Namespace) -> dict:
     """Guided Distillation's stage-1 teacher and stage-2 student on ``--backbone`` at ``--fraction``."""
     from castlib.baselines.guided_distillation import guided_distillation, guided_distillation_teacher
@@ -119,33 +113,15 @@ def train_baseline(cfg, args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> None:
     """Train ``--stage`` and the runs it consumes, nothing after it (``pseudo_labels`` trains no student); complete
     runs are reused. :func:`run_command` then names the runs trained and reused."""
-    from castlib.engine import stages as S
+    from castlib.baselines.guided_distillation import guided_distillation
+    from castlib.engine.stages import train_to
 
     cfg = config_from_args(args)
-    seed = args.seed
-    if args.teacher == "zero_shot" and args.stage not in STUDENT_STAGES:
-        raise CastError(f"--teacher zero_shot applies to the student stages {STUDENT_STAGES}, not {args.stage}")
-    if args.stage == "teacher_self_training" and args.variant == "finetune_only":
-        raise CastError("--stage teacher_self_training needs --variant self_training or self_training_contrastive")
-    if args.stage in BASELINE_STAGES:
+    if args.stage == guided_distillation.__name__:
         runs = train_baseline(cfg, args)
-    elif args.stage == "teacher_init":
-        runs = {"teacher_init": S.teacher_init(cfg, seed)}
-    elif args.stage == "supervised_student":
-        runs = {"supervised_student": S.supervised_student(cfg, seed)}
-    elif args.stage == "teacher_finetune":
-        runs = {"teacher_finetune": S.teacher_finetune(cfg, S.teacher_init(cfg, seed), args.variant != "finetune_only"
-                                                       and not args.no_contrastive, seed)}
     else:
-        teacher = S.teacher_init(cfg, seed) if args.teacher == "zero_shot" else S.teacher_adaptation(cfg, args.variant,
-                                                                                                    seed)
-        runs = {"teacher": teacher}
-        if args.stage in STUDENT_STAGES:  # the chain up to the stage asked for, never past it
-            runs["pseudo_labels"] = S.pseudo_labels(cfg, teacher)
-            if args.stage != "pseudo_labels":
-                runs["student"] = S.knowledge_transfer(cfg, runs["pseudo_labels"], seed)
-            if args.stage in ("student_refinement", "cast"):
-                runs["refined"] = S.student_refinement(cfg, runs["student"], seed)
+        runs = train_to(cfg, args.stage, variant=args.variant, seed=args.seed, zero_shot=args.teacher == "zero_shot",
+                        contrastive=not args.no_contrastive)
     for name, run in runs.items():
         metrics = run.metrics
         ap = f"AP {metrics['ap']:.2f} AP50 {metrics['ap50']:.2f}" if "ap" in metrics else ""
@@ -241,8 +217,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from castlib.config import load_config
+    from castlib.engine.lifecycle import evaluate_run, run_config
     from castlib.engine.runs import open_run
-    from castlib.engine.stages import evaluate_run, run_config
 
     run = open_run(load_config(args.profile, [f"runs_dir={args.runs_dir}"] if args.runs_dir else []), args.run)
     cfg = run_config(run)
@@ -307,8 +283,8 @@ def prompted_table(cfg, run_ids: list[str]):
     """:func:`castlib.eval.ceiling.prompted_ceiling` of each teacher run, beside the run's own maskAP."""
     import pandas as pd
 
+    from castlib.engine.lifecycle import load_model
     from castlib.engine.runs import open_run
-    from castlib.engine.stages import load_model
     from castlib.eval.ceiling import prompted_ceiling
 
     rows = {}
@@ -331,6 +307,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from castlib.baselines.guided_distillation import guided_distillation
+    from castlib.engine.stages import TEACHER_VARIANTS, TRAIN_TARGETS
+
     parser = argparse.ArgumentParser(prog="python -m castlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -356,12 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("train", help="train a CAST stage (and the runs it consumes); complete runs are reused")
     add_config_arguments(p)
-    p.add_argument("--stage", required=True, choices=[*TRAIN_STAGES, *BASELINE_STAGES])
+    p.add_argument("--stage", required=True, choices=[*TRAIN_TARGETS, guided_distillation.__name__])
     p.add_argument("--backbone", help="baseline stages: a model.backbones entry (default: model.baseline_backbone)")
     p.add_argument("--fraction", type=finite_float, help="baseline stages: one of data.label_fractions "
                                                    "(default: data.label_fraction)")
     p.add_argument("--variant", default="self_training_contrastive",
-                   choices=["finetune_only", "self_training", "self_training_contrastive"],
+                   choices=TEACHER_VARIANTS,
                    help="teacher adaptation variant (supplementary Table 3)")
     p.add_argument("--no-contrastive", action="store_true", help="teacher_finetune without L_pxl")
     p.add_argument("--teacher", choices=["adapted", "zero_shot"], default="adapted",

@@ -108,12 +108,12 @@ def test_every_config_key_is_read_somewhere_in_castlib():
 
 
 def test_a_stage_override_of_the_memory_bank_is_honoured_and_an_unknown_one_is_named():
-    from castlib.engine.stages import _contrastive_section
+    from castlib.engine.fitting import contrastive_section
 
     cfg = load_config("smoke", ["train.student.contrastive.bank_size=300"])
-    section = _contrastive_section(cfg, "knowledge_transfer", cfg.train.student)
+    section = contrastive_section(cfg, "student", cfg.train.student)
     assert (section["bank_size"], section["bank_push"]) == (300, cfg.loss.contrastive.bank_push)
-    assert _contrastive_section(cfg, "teacher_finetune", cfg.train.teacher)["bank_size"] == 10_000
+    assert contrastive_section(cfg, "teacher", cfg.train.teacher)["bank_size"] == 10_000
     with pytest.raises(ConfigError, match="train.teacher.contrastive.bank_sise.*unknown key"):
         load_config("smoke", ["train.teacher.contrastive.bank_sise=300"])
 

@@ -10,9 +10,9 @@ from torchvision import tv_tensors
 
 from castlib.config import load_config
 from castlib.data.sample import InstanceSample
+from castlib.distributed import Context
 from castlib.engine.batches import IterationBatches, batch_stream
 from castlib.engine.checkpoint import load_checkpoint
-from castlib.distributed import Context
 from castlib.engine.loop import train
 from castlib.engine.optim import build_optimizer, build_scheduler, clip_gradients
 from castlib.engine.plan import wall_seconds

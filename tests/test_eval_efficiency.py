@@ -194,8 +194,8 @@ def test_fig2_table_puts_the_papers_numbers_beside_the_paper_size_and_measured_m
 
 def test_fig2_table_names_its_data_commit_and_machine_and_says_smoke_ap_is_0(fig2, tmp_path):
     from castlib.data.loaders import describe_data
-    from castlib.machine import git_commit, hardware
     from castlib.eval.efficiency import write_fig2_table
+    from castlib.machine import git_commit, hardware
 
     cfg, table = fig2
     csv, md = write_fig2_table(table, tmp_path / "efficiency")

@@ -162,12 +162,12 @@ class FakeTeacher(torch.nn.Module):
 def test_the_teacher_is_shown_at_its_pseudo_label_threshold_with_counts_in_the_titles(small_cfg, monkeypatch):
     """The teacher's scores sit between 0.3 and 0.5 here, as on mini: at score 0.5 it would show nothing; at the
     pseudo-label threshold (Table 2's 0.3, train.pseudo_labels.threshold) it shows three per image."""
-    import castlib.engine.stages
+    import castlib.engine.lifecycle
     from castlib.data.loaders import prepare_data
 
     prepare_data(small_cfg)
     teacher = FakeTeacher()
-    monkeypatch.setattr(castlib.engine.stages, "load_model", lambda cfg, run, which: teacher)
+    monkeypatch.setattr(castlib.engine.lifecycle, "load_model", lambda cfg, run, which: teacher)
     models = {"teacher": (None, "teacher")}
     samples, predictions = plots.validation_predictions(small_cfg, models, count=2, min_score=0.5)
     assert small_cfg.train.pseudo_labels.threshold == 0.3

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from castlib.config import load_config
 from castlib.data.loaders import dataset_root
 from castlib.data.synthetic import read_manifest
-from castlib.engine import pretrain, stages
+from castlib.engine import lifecycle, pretrain, stages
+from castlib.engine.runs import create_run
 from castlib.errors import ConfigError, DataError
 from castlib.models import build_model
 from castlib.models.base import WEIGHTS_FILE, read_meta
@@ -63,7 +64,7 @@ def test_the_stand_in_trains_on_the_source_domain_set(cfg, teacher_stand_in):
 
 
 def test_a_stand_in_is_trained_once_for_every_seed_and_label_fraction(cfg, teacher_stand_in, monkeypatch):
-    monkeypatch.setattr(stages, "_fit", lambda *a, **k: pytest.fail("a complete pretrain run was trained again"))
+    monkeypatch.setattr(pretrain, "fit", lambda *a, **k: pytest.fail("a complete pretrain run was trained again"))
     for changes in ([], ["seed=3"], ["data.label_fraction=0.3"], ["train.student.iterations=99"],
                     ["train.pretrain.backbone_iterations=7"],  # the other stand-in's length
                     ["train.pretrain.backbone_warmup_iterations=5"],  # and warm-up
@@ -73,14 +74,14 @@ def test_a_stand_in_is_trained_once_for_every_seed_and_label_fraction(cfg, teach
         assert again.id == teacher_stand_in.id
     for change in ("train.pretrain.teacher_iterations=3", "data.synthetic.source.cityscapes.val=3"):
         other = load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), change])
-        assert stages.create_run(other, "pretrain_teacher", stages.stage_config(pretrain.source_config(other),
+        assert create_run(other, "pretrain_teacher", lifecycle.stage_config(pretrain.source_config(other),
                                                                                 "pretrain_teacher"), {}, 0).id \
             != teacher_stand_in.id, change
 
 
 def test_each_stand_in_trains_at_its_own_rate(cfg, monkeypatch):
     sections = {}  # stage -> the section its fitting routine is given (nothing trains here)
-    monkeypatch.setattr(stages, "_fit", lambda *args, section, **kwargs: sections.setdefault(args[4], section))
+    monkeypatch.setattr(pretrain, "_fit_source", lambda *args: sections.setdefault(args[4].name, args[7]))
     config = load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), "train.pretrain.lr=2e-3",
                                    "train.pretrain.backbone_lr=7e-4", "train.pretrain.backbone_warmup_iterations=3"])
     pretrain.pretrain_teacher(config)
@@ -98,7 +99,7 @@ def test_a_stand_ins_id_follows_its_own_rate_and_not_the_others(cfg):
         options = {"backbone": "dinov2_s"} if stage == "pretrain_backbone" else {}
         source = pretrain.source_config(config)
         source.model.baseline_backbone = "dinov2_s"
-        return stages.create_run(config, stage, stages.stage_config(source, stage, **options), {}, 0).id
+        return create_run(config, stage, lifecycle.stage_config(source, stage, **options), {}, 0).id
 
     for stage, own, other in (("pretrain_teacher", "lr", "backbone_lr"), ("pretrain_backbone", "backbone_lr", "lr")):
         base = run_id(stage)
@@ -136,8 +137,8 @@ def test_stand_in_init_whole_takes_the_source_trained_decoders_too_and_enters_th
     own, saved = pretrain.initial_model(whole, "student", inputs).state_dict(), _weights(inputs["stand_in"])
     assert saved and all(torch.equal(own[k], v) for k, v in saved.items())
     assert inputs["stand_in"].id == pretrain.stand_in_inputs(cfg, "student")["stand_in"].id  # one stand-in for both
-    assert stages.stage_config(whole, "knowledge_transfer") != stages.stage_config(cfg, "knowledge_transfer")
-    assert stages.stage_config(whole, "teacher_finetune") == stages.stage_config(cfg, "teacher_finetune")
+    assert lifecycle.stage_config(whole, "knowledge_transfer") != lifecycle.stage_config(cfg, "knowledge_transfer")
+    assert lifecycle.stage_config(whole, "teacher_finetune") == lifecycle.stage_config(cfg, "teacher_finetune")
 
 
 def test_off_means_no_stand_in_and_the_paper_profile_keeps_the_hub_weights(cfg):

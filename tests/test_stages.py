@@ -17,7 +17,7 @@ from _workspace import prepared_config, set_args, workspace_overrides
 
 from castlib.config import REPO_ROOT, load_config
 from castlib.data.loaders import build_dataset, read_split_ids
-from castlib.engine import loop, stages
+from castlib.engine import fitting, lifecycle, loop, stages
 from castlib.engine.checkpoint import load_checkpoint
 from castlib.engine.runs import RunError, create_run
 from castlib.models.base import WEIGHTS_FILE
@@ -114,7 +114,7 @@ def test_a_second_request_for_a_complete_run_trains_nothing(cfg, pipeline, monke
         raise AssertionError("a complete run was trained again")
 
     monkeypatch.setattr(loop, "train", refuse)
-    monkeypatch.setattr(stages, "train", refuse)
+    monkeypatch.setattr(fitting, "train", refuse)
     again = stages.cast(cfg)
     assert {k: r.id for k, r in again.items()} == {k: r.id for k, r in pipeline.items()}
 
@@ -123,7 +123,7 @@ def test_a_student_ablation_reuses_the_teacher_runs(cfg, pipeline):
     ablation = load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), "train.student.contrastive.score=squared"])
     teacher = stages.teacher_adaptation(ablation)
     assert teacher.id == pipeline["teacher"].id
-    assert stages.stage_config(ablation, "knowledge_transfer") != stages.stage_config(cfg, "knowledge_transfer")
+    assert lifecycle.stage_config(ablation, "knowledge_transfer") != lifecycle.stage_config(cfg, "knowledge_transfer")
 
 
 def test_changing_a_key_a_stage_never_reads_reuses_its_run(cfg, pipeline, monkeypatch):
@@ -135,14 +135,14 @@ def test_changing_a_key_a_stage_never_reads_reuses_its_run(cfg, pipeline, monkey
                                    # the other format's sets (this is Cityscapes): target and source sizes
                                    "data.synthetic.ade20k.val=7", "data.synthetic.source.ade20k.train=9"])
     dice = load_config("smoke", [*_overrides(root), "loss.dice_weight=1.0", "train.student.iterations=7"])
-    monkeypatch.setattr(stages, "train", refuse)
+    monkeypatch.setattr(fitting, "train", refuse)
     assert {k: r.id for k, r in stages.cast(timing).items()} == {k: r.id for k, r in pipeline.items()}
     assert stages.teacher_adaptation(dice).id == pipeline["teacher"].id  # the student's set criterion and length
     for stage in ("knowledge_transfer", "student_refinement"):
-        assert stages.stage_config(dice, stage) != stages.stage_config(cfg, stage)  # ... which the student reads
+        assert lifecycle.stage_config(dice, stage) != lifecycle.stage_config(cfg, stage)  # ... which the student reads
     plain = load_config("smoke", [*_overrides(root), "loss.contrastive.temperature=0.5"])
-    assert stages.stage_config(plain, "teacher_finetune", contrastive=False) == \
-        stages.stage_config(cfg, "teacher_finetune", contrastive=False)
+    assert lifecycle.stage_config(plain, "teacher_finetune", contrastive=False) == \
+        lifecycle.stage_config(cfg, "teacher_finetune", contrastive=False)
 
 
 def test_a_zero_shot_teacher_is_a_valid_source_of_pseudo_labels(cfg, pipeline):
@@ -161,9 +161,9 @@ def test_a_missing_upstream_run_is_named(cfg, pipeline):
 
 def test_a_corrupt_checkpoint_is_named_and_nothing_written_is_lost(cfg, pipeline):
     changed = load_config("smoke", [*_overrides(Path(cfg.runs_dir).parent), "train.refinement.iterations=4"])
-    run = create_run(changed, "student_refinement", stages.stage_config(changed, "student_refinement"),
+    run = create_run(changed, "student_refinement", lifecycle.stage_config(changed, "student_refinement"),
                      {"student": pipeline["student"]}, changed.seed,
-                     data=stages.input_digests(changed, "student_refinement"))
+                     data=lifecycle.input_digests(changed, "student_refinement"))
     run.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     run.checkpoint.write_bytes(b"not a checkpoint")
     before = sorted(p.name for p in run.dir.rglob("*"))

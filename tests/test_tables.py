@@ -16,12 +16,12 @@ from _workspace import prepared_config, set_args, workspace_overrides
 from castlib import paper
 from castlib.__main__ import main
 from castlib.config import load_config
-from castlib.engine import stages
+from castlib.engine import fitting, stages
 from castlib.engine.logs import read_timing
 from castlib.engine.plan import plan_frame, planning, registry_step_times, training_seconds
 from castlib.engine.runs import runs_dir
-from castlib.machine import cpu_model
 from castlib.errors import ConfigError
+from castlib.machine import cpu_model
 from castlib.report import ablations
 from castlib.report.tables import write_table
 
@@ -58,13 +58,13 @@ def cfg(tmp_path_factory):
 def built(cfg):
     """Tables 3-7 built in order, training what is missing; per table the runs it trained and created."""
     trained: list[tuple[str, str]] = []
-    original = stages.train
+    original = fitting.train
 
     def counting_train(run, *args, **kwargs):
         trained.append((run.id, run.info["stage"]))
         return original(run, *args, **kwargs)
 
-    stages.train = counting_train
+    fitting.train = counting_train
     try:
         tables, new_runs, trained_by = {}, {}, {}
         for number in (3, 4, 5, 6, 7):
@@ -73,7 +73,7 @@ def built(cfg):
             new_runs[number] = _run_folders(cfg) - before
             trained_by[number] = trained[start:]
     finally:
-        stages.train = original
+        fitting.train = original
     return {"tables": tables, "new_runs": new_runs, "trained": trained, "trained_by": trained_by}
 
 
@@ -266,7 +266,7 @@ def test_plan_measures_untimed_stages_in_a_few_steps_and_writes_no_run(cfg, buil
     assert main([*args, "--measure-steps", "1"]) == 0
     out = capsys.readouterr().out
     assert "timed here (1 steps after 1 untimed, no run written)" in out and "cost per table" in out
-    # Guided Distillation's DINOv2-B/L stages: no complete run and no stages.training step, so estimated
+    # Guided Distillation's DINOv2-B/L stages: no complete run and no fitting.training step, so estimated
     gd = [line for line in out.splitlines() if " guided_distillation " in line and "dinov2_l" in line]
     assert gd and all(line.split()[-2] == "estimated" for line in gd)
     assert _run_folders(cfg) == before and not (runs_dir(cfg) / "step_time").exists()

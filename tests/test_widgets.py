@@ -39,7 +39,7 @@ def test_the_choice_panel_calls_back_with_the_chosen_values():
 
 
 def test_default_variant_choices_keep_the_config_so_the_cast_runs_are_reused(cfg):
-    from castlib.engine.stages import stage_config
+    from castlib.engine.lifecycle import stage_config
     from castlib.report.widgets import variant_config, variant_options
 
     defaults = {name: values[0] for name, values in variant_options(cfg).items()}
@@ -49,7 +49,7 @@ def test_default_variant_choices_keep_the_config_so_the_cast_runs_are_reused(cfg
 
 
 def test_a_variant_changes_the_student_and_keeps_the_teacher(cfg):
-    from castlib.engine.stages import stage_config
+    from castlib.engine.lifecycle import stage_config
     from castlib.report.widgets import variant_config
 
     variant = variant_config(cfg, score="squared", temperature=0.2, contrastive_weight=0.5)

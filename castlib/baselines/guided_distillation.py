@@ -22,17 +22,15 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torchvision.ops import FrozenBatchNorm2d
 
 from castlib.config import Config
 from castlib.data.loaders import build_dataset, labelled_dataset, read_split_ids
 from castlib.data.sample import Batch
 from castlib.data.transforms import train_views
-from castlib import distributed as D
-from castlib.engine import stages
-from castlib.engine.batches import batch_stream
-from castlib.engine.loop import train
+from castlib.engine.declarations import COMMON_KEYS, STAGES, stage
+from castlib.engine.fitting import fit
+from castlib.engine.lifecycle import load_model, num_classes, stage_seed
 from castlib.engine.objective import Objective, take
 from castlib.engine.optim import build_scheduler
 from castlib.engine.pretrain import start_from_pretrained
@@ -40,9 +38,15 @@ from castlib.engine.runs import Run
 from castlib.errors import ConfigError
 from castlib.losses import SetCriterion
 
-TEACHER_STAGE = "guided_distillation_teacher"
-STAGE = "guided_distillation"
 SECTION = "baselines.guided_distillation"
+# The keys both stages read (the run id): the model on model.baseline_backbone and the set criterion's weights.
+MODEL_KEYS = (*COMMON_KEYS, "augment", "model.pretrained", "model.stand_in_init", "model.baseline_backbone",
+              "model.trainable", "model.backbones", "model.pixel_decoder", "model.decoder", "model.projection",
+              *(f"loss.{k}" for k in ("class_weight", "mask_weight", "dice_weight", "no_object_weight", "num_points",
+                                      "oversample_ratio", "importance_sample_ratio")))
+# stage 1 reads the optimiser keys, not stage 2's, so stage-2 variants share one teacher run
+TEACHER_KEYS = (*MODEL_KEYS, *(f"{SECTION}.{k}" for k in ("teacher_iterations", "batch_size", "lr",
+                                                          "backbone_lr_factor", "weight_decay", "grad_clip", "power")))
 
 # detectron2's get_default_optimizer_params: parameters of these modules get no weight decay (spec 1.9).
 NO_DECAY_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
@@ -182,64 +186,56 @@ def _unlabelled_pool(cfg: Config) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # The two stages.
 
-def _train_and_finish(cfg: Config, run: Run, ctx: D.Context, stage: str, student: nn.Module, objective: nn.Module,
-                      iterations: int, streams, seed: int, before_step=None) -> Run:
+def _fit_gd(cfg: Config, run, ctx, stage_name: str, student: nn.Module, objective: nn.Module, iterations: int,
+            datasets: list, seed: int, before_step=None) -> Run:
+    """:func:`castlib.engine.fitting.fit` with GD's optimiser and poly schedule; ``before_step``: the EMA hook."""
     section = cfg.get_path(SECTION)
-    network = DistributedDataParallel(objective, find_unused_parameters=True) if ctx.distributed else objective
     optimizer = gd_optimizer(student, section)
-    scheduler = build_scheduler(optimizer, "poly", iterations, power=section.power)
-    per_part = section.batch_size
-
-    def step_factory(start: int):
-        live = [batch_stream(dataset, per_part, seed + i, start, cfg.data.num_workers, ctx.rank, ctx.world)
-                for i, dataset in enumerate(streams)]
-
-        def step(iteration: int) -> dict[str, torch.Tensor]:
-            batches = [next(s).to(ctx.device) for s in live]
-            if before_step is not None:
-                before_step(iteration)
-            with D.autocast(ctx):
-                return network(*batches)
-
-        return step
-
-    summary = train(run, ctx, objective, optimizer, scheduler, iterations, step_factory, grad_clip=section.grad_clip,
-                    checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
-                    desc=f"{stage} {run.id}")
-    return stages._finish(run, ctx, cfg, student, {"iterations": iterations, **summary})
+    return fit(cfg=cfg, run=run, ctx=ctx, model=student, objective=objective, optimizer=optimizer,
+               scheduler=build_scheduler(optimizer, "poly", iterations, power=section.power), datasets=datasets,
+               units=section.batch_size, iterations=iterations, seed=seed, stage=stage_name,
+               grad_clip=section.grad_clip, before_step=before_step)
 
 
+def _backbone(cfg: Config) -> str:
+    return cfg.model.baseline_backbone
+
+
+@stage(reads=TEACHER_KEYS, iterations=lambda cfg: cfg.baselines.guided_distillation.teacher_iterations,
+       backbone=_backbone, trains="labelled", batch_key=SECTION)
 def guided_distillation_teacher(cfg: Config, backbone: str, fraction: float, seed: int | None = None) -> Run:
     """Stage 1: Mask2Former on ``backbone`` trained on the labelled ``fraction`` alone (the set criterion,
     GD's optimiser) for ``baselines.guided_distillation.teacher_iterations``; shared by every stage-2 run
     with the same inputs."""
     cfg = gd_config(cfg, backbone, fraction)
-    seed = stages._seed(cfg, seed)
-    run, ctx, model = start_from_pretrained(cfg, TEACHER_STAGE, "baseline", seed)
+    seed = stage_seed(cfg, seed)
+    run, ctx, model = start_from_pretrained(cfg, STAGES["guided_distillation_teacher"], "baseline", seed)
     if model is None:
         return run
-    section = cfg.get_path(SECTION)
-    criterion = SetCriterion.from_config(cfg.loss, stages._num_classes(cfg)).to(ctx.device)
+    criterion = SetCriterion.from_config(cfg.loss, num_classes(cfg)).to(ctx.device)
     objective = Objective(model, "criterion", criterion)
-    return _train_and_finish(cfg, run, ctx, TEACHER_STAGE, model, objective, section.teacher_iterations,
-                             [labelled_dataset(cfg, strong=False)], seed)
+    return _fit_gd(cfg, run, ctx, "guided_distillation_teacher", model, objective,
+                   cfg.get_path(SECTION).teacher_iterations, [labelled_dataset(cfg, strong=False)], seed)
 
 
+@stage(reads=(*MODEL_KEYS, SECTION), iterations=lambda cfg: cfg.baselines.guided_distillation.iterations,
+       backbone=_backbone, trains="labelled", batch_key=SECTION)
 def guided_distillation(cfg: Config, backbone: str, fraction: float, seed: int | None = None) -> Run:
     """Stage 2 (guided burn-in, then EMA distillation) from the stage-1 teacher, which is trained first if
     missing; returns the complete student run (``metrics.json``: ``ap``, ``ap50``), e.g. for supplementary
     Table 8: ``guided_distillation(cfg, "dinov2_b", 0.05)``."""
     teacher = guided_distillation_teacher(cfg, backbone, fraction, seed)
     cfg = gd_config(cfg, backbone, fraction)
-    seed = stages._seed(cfg, seed)
-    run, ctx, student = start_from_pretrained(cfg, STAGE, "baseline", seed, {"teacher": teacher})
+    seed = stage_seed(cfg, seed)
+    run, ctx, student = start_from_pretrained(cfg, STAGES["guided_distillation"], "baseline", seed,
+                                              {"teacher": teacher})
     if student is None:
         return run
     section = cfg.get_path(SECTION)
-    frozen = stages.load_model(cfg, teacher, "baseline").to(ctx.device)
-    criterion = SetCriterion.from_config(cfg.loss, stages._num_classes(cfg)).to(ctx.device)
+    frozen = load_model(cfg, teacher, "baseline").to(ctx.device)
+    criterion = SetCriterion.from_config(cfg.loss, num_classes(cfg)).to(ctx.device)
     objective = GuidedDistillationObjective(student, frozen, criterion, section)
     unlabelled = build_dataset(cfg, "train", _unlabelled_pool(cfg), load_annotations=False,
                                transform=train_views(cfg.augment, strong=True))
-    return _train_and_finish(cfg, run, ctx, STAGE, student, objective, section.iterations,
-                             [labelled_dataset(cfg, strong=False), unlabelled], seed, objective.update_teacher)
+    return _fit_gd(cfg, run, ctx, "guided_distillation", student, objective, section.iterations,
+                   [labelled_dataset(cfg, strong=False), unlabelled], seed, objective.update_teacher)

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from castlib.engine.checkpoint import load_checkpoint, restore, save_checkpoint
 from castlib.distributed import Context, all_reduce_sum, barrier
+from castlib.engine.checkpoint import load_checkpoint, restore, save_checkpoint
 from castlib.engine.logs import TIMING_FILE, TrainingLog, read_timing
 from castlib.engine.optim import clip_gradients
 from castlib.engine.runs import Run

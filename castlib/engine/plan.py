@@ -23,7 +23,7 @@ import io
 import json
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,45 +33,18 @@ import torch
 
 from castlib.config import Config
 from castlib.data.classes import CLASS_LISTS
+from castlib.engine.declarations import Stage, declared
 from castlib.engine.logs import read_timing
 from castlib.engine.runs import Run
 from castlib.errors import CastError
 
-# Training iterations of each stage from the profile (section D; pseudo-labelling and teacher_init train none).
 _PER_RUN_STAGES = ("teacher_init", "pseudo_labels")  # no training iterations: timed per run
-STAGE_ITERATIONS: dict[str, Callable[[Config], int]] = {
-    "teacher_init": lambda cfg: 0,
-    "teacher_finetune": lambda cfg: cfg.train.teacher.finetune_iterations,
-    "teacher_self_training": lambda cfg: cfg.train.teacher.self_training_iterations,
-    "pseudo_labels": lambda cfg: 0,
-    "knowledge_transfer": lambda cfg: cfg.train.student.iterations,
-    "student_refinement": lambda cfg: cfg.train.refinement.iterations,
-    # main Table 3 "No distill.": the CAST student's whole length (knowledge transfer + refinement)
-    "supervised_student": lambda cfg: cfg.train.student.iterations + cfg.train.refinement.iterations,
-    "guided_distillation_teacher": lambda cfg: cfg.baselines.guided_distillation.teacher_iterations,
-    "guided_distillation": lambda cfg: cfg.baselines.guided_distillation.iterations,
-    # the source-domain stand-ins (castlib.engine.pretrain)
-    "pretrain_teacher": lambda cfg: cfg.train.pretrain.teacher_iterations,
-    "pretrain_backbone": lambda cfg: cfg.train.pretrain.backbone_iterations,
-}
-
-# The backbone a stage trains, where it varies between runs of the stage: Table 8's Guided Distillation on
-# ResNet-50 and DINOv2-B/L, and their stand-ins, cost several times a DINOv2-S step, so their step times are kept
-# per backbone (:func:`timing_key`).
-_BACKBONE_OF: dict[str, Callable[[Config], str]] = {
-    **dict.fromkeys(("knowledge_transfer", "student_refinement", "supervised_student"),
-                    lambda cfg: cfg.model.student_backbone),
-    **dict.fromkeys(("guided_distillation_teacher", "guided_distillation"), lambda cfg: cfg.model.baseline_backbone),
-    # a stand-in trains a student-architecture model on model.baseline_backbone (castlib.engine.pretrain), which
-    # its run's config.yaml (the keys the stage reads) holds as the option ``backbone``
-    "pretrain_backbone": lambda cfg: cfg.options.backbone if "options" in cfg else cfg.model.baseline_backbone,
-}
 
 
 def timing_key(cfg: Config, stage: str) -> str:
-    """What a step time is kept under: the stage, with its backbone where that varies
-    (``"guided_distillation/resnet50"``); ``cfg`` is the stage's own config (a run's ``config.yaml``)."""
-    return f"{stage}/{_BACKBONE_OF[stage](cfg)}" if stage in _BACKBONE_OF else stage
+    """What a step time of ``stage`` is kept under (:meth:`castlib.engine.declarations.Stage.timing_key`);
+    ``cfg`` is the stage's own config (a run's ``config.yaml``)."""
+    return declared(stage).timing_key(cfg)
 
 
 @dataclass
@@ -104,12 +77,13 @@ class Plan:
     runs: dict[str, PlannedRun] = field(default_factory=dict)
     label: str = ""
 
-    def record(self, cfg: Config, run: Run, stage: str, seed: int, options: dict | None = None) -> None:
+    def record(self, cfg: Config, run: Run, stage: Stage, seed: int, options: dict | None = None) -> None:
+        """Record ``run`` of the declared ``stage`` (its iterations and step-time key from ``cfg``)."""
         planned = self.runs.get(run.id)
         if planned is None:
-            iterations = STAGE_ITERATIONS[stage](cfg) if stage in STAGE_ITERATIONS else 0
-            planned = self.runs[run.id] = PlannedRun(run, stage, seed, iterations, timing_key(cfg, stage),
-                                                     config=copy.deepcopy(cfg), options=dict(options or {}))
+            planned = self.runs[run.id] = PlannedRun(run, stage.name, seed, stage.iterations(cfg),
+                                                     stage.timing_key(cfg), config=copy.deepcopy(cfg),
+                                                     options=dict(options or {}))
         if self.label and self.label not in planned.needed_by:
             planned.needed_by.append(self.label)
 
@@ -238,7 +212,7 @@ GPU_PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "L40S": 362.0, "
 DEFAULT_GPU = "A100"
 DEFAULT_UTILISATION = 0.35  # of the peak, for the matrix products and convolutions that FlopCounterMode counts
 MEASURABLE_STAGES = ("teacher_finetune", "teacher_self_training", "knowledge_transfer", "student_refinement",
-                     "supervised_student")  # built by castlib.engine.stages.training: timed by measure_step_times
+                     "supervised_student")  # built by castlib.engine.fitting.cast_training: timed by measure_step_times
 _REAL_IMAGE_SIZE = {"cityscapes": (1024, 2048), "ade20k": (512, 683)}  # ADE20K: a typical 4:3 image
 _BYTES_PER_VALUE = 4  # fp32 weights; AdamW keeps two fp32 moments per trainable parameter
 _LOG_ROW_BYTES = 400  # one log.csv row (every loss term and learning rate)
@@ -578,29 +552,32 @@ def measurement_problem(cfg: Config, gpu: str | None) -> str | None:
 
 
 def stage_training(cfg: Config, key: str, ctx, iterations: int):
-    """``(config, model, role, training)``: the :class:`castlib.engine.stages.Training` of the stage that the
+    """``(config, model, role, training)``: the :class:`castlib.engine.fitting.Training` of the stage that the
     :func:`timing_key` ``key`` names (one of :data:`MEASURABLE_STAGES`), built as the stage builds it but with
     random weights (``model.pretrained=false``, no stand-in) and D_u's own annotations standing in for
     pseudo-labels, with the config, model and role (``teacher`` / ``student``) it was built from. The dataset is
     made ready (a synthetic set is drawn if missing); no run is written."""
     from castlib.data.loaders import dataset_root
-    from castlib.engine import stages
+    from castlib.engine import fitting
+    from castlib.engine.lifecycle import check_data, seed_everything
     from castlib.models import build_model
 
     stage, _, backbone = key.partition("/")
     if stage not in MEASURABLE_STAGES:
-        raise ValueError(f"{key}: only {', '.join(MEASURABLE_STAGES)} are built by stages.training")
+        raise ValueError(f"{key}: only {', '.join(MEASURABLE_STAGES)} are built by fitting.cast_training")
     short = cfg.with_changes({"model.pretrained": False, "model.stand_in": False}
                              | ({"model.student_backbone": backbone} if backbone else {}))
     role = "teacher" if stage.startswith("teacher") else "student"
-    section = stages.stage_section(short, stage)
-    stages.check_data(short, stage, ctx)
-    stages._seed_everything(short.seed)
+    section = fitting.stage_section(short, stage)
+    check_data(short, stage, ctx)
+    seed_everything(short.seed)
     model = build_model(short, role, len(CLASS_LISTS[short.data.dataset])).to(ctx.device)
     unlabelled = stage in ("teacher_self_training", "knowledge_transfer")
-    parts = stages.training(short, ctx, model, stage, role, iterations, dataset_root(short) if unlabelled else None,
-                            stage in ("teacher_finetune", "teacher_self_training", "knowledge_transfer"),
-                            short.seed, section)
+    parts = fitting.cast_training(short, ctx, model, role=role, iterations=iterations,
+                                  labels_dir=dataset_root(short) if unlabelled else None,
+                                  contrastive=stage in ("teacher_finetune", "teacher_self_training",
+                                                        "knowledge_transfer"),
+                                  section=section, batch_key=declared(stage).batch_key)
     return short, model, role, parts
 
 
@@ -609,7 +586,7 @@ def timed_steps(parts, steps: int, ctx) -> list[float]:
     :func:`castlib.engine.loop.train` runs them) after one untimed one."""
     from castlib.engine.loop import optimization_step
 
-    step = parts.step_factory(0)
+    step = parts.step_factory(ctx, seed=0)(0)
     parts.objective.train()
     seconds = []
     for iteration in range(steps + 1):

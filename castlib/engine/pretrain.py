@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from castlib import distributed as D
 from castlib.config import Config
 from castlib.data.datasets import InstanceDataset
 from castlib.data.loaders import build_dataset
 from castlib.data.transforms import train_views
-from castlib import distributed as D
-from castlib.engine import stages
+from castlib.engine.declarations import EVAL_KEYS, STAGES, Stage, stage
+from castlib.engine.fitting import cast_training, fit
+from castlib.engine.lifecycle import check_data, is_done, num_classes, seed_everything, start_run
 from castlib.engine.plan import current_plan
 from castlib.engine.runs import Run
 from castlib.errors import ConfigError
@@ -65,47 +67,75 @@ def _source_train(source: Config) -> InstanceDataset:
     return build_dataset(source, "train", transform=train_views(source.augment, strong=False))
 
 
+def _fit_source(source: Config, run: Run, ctx: D.Context, model, declared: Stage, role: str, seed: int,
+                section: Config) -> Run:
+    """Train a stand-in on every source training image (:func:`castlib.engine.fitting.fit`), no L_pxl."""
+    iterations = declared.iterations(source)
+    parts = cast_training(source, ctx, model, role=role, iterations=iterations, labels_dir=None, contrastive=False,
+                          section=section, batch_key=declared.batch_key, labelled=_source_train(source))
+    return fit(cfg=source, run=run, ctx=ctx, model=model, iterations=iterations, seed=seed, stage=declared.name,
+               **parts.arguments())
+
+
+# The stand-ins run on the source-domain config: neither the target sets nor the label fraction enter their ids;
+# no L_pxl in pretraining, and each stand-in reads not the other's length.
+@stage(reads=("profile", "data.dataset", "data.synthetic", *EVAL_KEYS, "augment", "model.teacher", "model.projection",
+              "train.pretrain"),
+       leaves_out=("augment.strong", "train.pretrain.backbone_iterations", "train.pretrain.backbone_warmup_iterations",
+                   "train.pretrain.backbone_lr"),
+       iterations=lambda cfg: cfg.train.pretrain.teacher_iterations, batch_key="train.pretrain")
 def pretrain_teacher(cfg: Config) -> Run:
     """The teacher stand-in (Grounding DINO + SAM2): every part trained on the source domain with the teacher's
     own supervised loss for ``train.pretrain.teacher_iterations``."""
     source, seed = source_config(cfg), cfg.train.pretrain.seed
-    run, ctx = stages._start(source, "pretrain_teacher", {}, seed)
-    if stages._done(run, ctx):
+    run, ctx = start_run(source, STAGES["pretrain_teacher"], {}, seed)
+    if is_done(run, ctx):
         return run
-    stages._seed_everything(seed)
-    model = build_model(source, "teacher", stages._num_classes(source), pretrained=False).to(ctx.device)
-    return stages._fit(source, run, ctx, model, "pretrain_teacher", "teacher", cfg.train.pretrain.teacher_iterations,
-                       None, False, seed, section=_section(cfg, cfg.train.pretrain.lr), labelled=_source_train(source))
+    seed_everything(seed)
+    model = build_model(source, "teacher", num_classes(source), pretrained=False).to(ctx.device)
+    return _fit_source(source, run, ctx, model, STAGES["pretrain_teacher"], "teacher", seed,
+                       _section(cfg, cfg.train.pretrain.lr))
 
 
+def _backbone_option(cfg: Config) -> str:
+    """The backbone a stand-in trains: a run's ``config.yaml`` (the keys the stage reads) holds it as the option
+    ``backbone``; a config to be run, as ``model.baseline_backbone``."""
+    return cfg.options.backbone if "options" in cfg else cfg.model.baseline_backbone
+
+
+@stage(reads=("profile", "data.dataset", "data.synthetic", *EVAL_KEYS, "augment", "model.trainable",
+              "model.backbones", "model.pixel_decoder", "model.decoder", "model.projection", "loss", "train.pretrain"),
+       leaves_out=("augment.strong", "loss.contrastive", "train.pretrain.teacher_iterations", "train.pretrain.lr"),
+       iterations=lambda cfg: cfg.train.pretrain.backbone_iterations, backbone=_backbone_option,
+       batch_key="train.pretrain")
 def pretrain_backbone(cfg: Config, backbone: str) -> Run:
     """The pretrained backbone ``model.backbones.<backbone>`` (DINOv2 / ResNet stand-in): a model of the student's
     architecture on that encoder, every part trained on the source domain with the set criterion for
     ``train.pretrain.backbone_iterations``; its encoder is what the student or baseline starts from."""
     source = source_config(cfg).with_changes({"model.baseline_backbone": backbone})
     seed = cfg.train.pretrain.seed
-    run, ctx = stages._start(source, "pretrain_backbone", {}, seed, backbone=backbone)
-    if stages._done(run, ctx):
+    run, ctx = start_run(source, STAGES["pretrain_backbone"], {}, seed, backbone=backbone)
+    if is_done(run, ctx):
         return run
-    stages._seed_everything(seed)
-    model = build_model(source, "baseline", stages._num_classes(source), pretrained=False).to(ctx.device)
+    seed_everything(seed)
+    model = build_model(source, "baseline", num_classes(source), pretrained=False).to(ctx.device)
     p = cfg.train.pretrain
-    return stages._fit(source, run, ctx, model, "pretrain_backbone", "student", p.backbone_iterations, None, False,
-                       seed, section=_section(cfg, p.backbone_lr, p.backbone_warmup_iterations),
-                       labelled=_source_train(source))
+    return _fit_source(source, run, ctx, model, STAGES["pretrain_backbone"], "student", seed,
+                       _section(cfg, p.backbone_lr, p.backbone_warmup_iterations))
 
 
 def _backbone(cfg: Config, which: str) -> str:
     return cfg.model.student_backbone if which == "student" else cfg.model.baseline_backbone
 
 
-def stand_in_inputs(cfg: Config, which: str) -> dict[str, Run]:
+def stand_in_inputs(cfg: Config, which: str, stage: Stage | None = None) -> dict[str, Run]:
     """``{"stand_in": run}``, the complete pretrain run that ``which`` (teacher, student, baseline) starts from when
-    ``model.stand_in`` is on (trained first if needed); ``{}`` when it is off."""
+    ``model.stand_in`` is on (trained first if needed); ``{}`` when it is off. ``stage``: the stage that asks,
+    whose target data and labelled split are checked first."""
     if not cfg.model.stand_in:
         return {}
     if current_plan() is None:  # the target's data first: a bad split is one error before any pretraining
-        stages.check_data(cfg, "teacher_finetune" if which == "teacher" else "knowledge_transfer")
+        check_data(cfg, STAGES["pretrain_teacher"] if stage is None else stage, splits=("labelled",))
     run = pretrain_teacher(cfg) if which == "teacher" else pretrain_backbone(cfg, _backbone(cfg, which))
     return {"stand_in": run}
 
@@ -115,7 +145,7 @@ def initial_model(cfg: Config, which: str, inputs: dict[str, Run]) -> Segmentati
     ``inputs["stand_in"]`` when there is one: all of them for the teacher (theta_T^0); for a student or baseline
     the encoder's (``model.stand_in_init: encoder``: its decoders start from the seed's random draw, as the paper's
     start from DINOv2 alone) or all of them (``whole``: the source-trained decoders too, mini's budget choice)."""
-    model = build_model(cfg, which, stages._num_classes(cfg))
+    model = build_model(cfg, which, num_classes(cfg))
     stand_in = inputs.get("stand_in")
     if stand_in is None:
         return model
@@ -124,15 +154,15 @@ def initial_model(cfg: Config, which: str, inputs: dict[str, Run]) -> Segmentati
     return load_weights(model, stand_in.require_complete().model_dir, prefix)
 
 
-def start_from_pretrained(cfg: Config, stage: str, which: str, seed: int, inputs: Mapping[str, Run] | None = None,
+def start_from_pretrained(cfg: Config, stage: Stage, which: str, seed: int, inputs: Mapping[str, Run] | None = None,
                           ) -> tuple[Run, D.Context, SegmentationModel | None]:
     """Start ``stage``, whose ``which`` model (teacher, student, baseline) begins at the pretrained weights: the
     stand-in run joins the stage's ``inputs`` (so its id follows it), then :func:`initial_model` under the seed.
     Returns the run, the context and the model; the model is ``None`` when there is nothing to train (the run is
     complete, or the stages are only planning)."""
-    inputs = {**(inputs or {}), **stand_in_inputs(cfg, which)}
-    run, ctx = stages._start(cfg, stage, inputs, seed)
-    if stages._done(run, ctx):
+    inputs = {**(inputs or {}), **stand_in_inputs(cfg, which, stage)}
+    run, ctx = start_run(cfg, stage, inputs, seed)
+    if is_done(run, ctx):
         return run, ctx, None
-    stages._seed_everything(seed)
+    seed_everything(seed)
     return run, ctx, initial_model(cfg, which, inputs).to(ctx.device)

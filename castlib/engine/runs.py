@@ -29,9 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -46,8 +44,8 @@ import yaml
 from castlib.config import REPO_ROOT, Config, as_config, read_yaml
 from castlib.data.loaders import data_record
 from castlib.errors import CastError
-from castlib.machine import git_commit, hardware
 from castlib.io import write_json_atomic, write_text_atomic
+from castlib.machine import git_commit, hardware
 
 # Keys that change how or where a run executes but not what it computes; they stay out of the run id.
 # (Where the synthetic sets and split files lie is one of them: their content follows from the config.)
@@ -130,7 +128,7 @@ class Run:
 
     def way_forward(self) -> str:
         """What recreates a missing ``metrics.json``: resuming an incomplete run, re-evaluating a complete one's
-        model (:func:`castlib.engine.stages.evaluate_run`, which keeps its training record), or redoing a run that
+        model (:func:`castlib.engine.lifecycle.evaluate_run`, which keeps its training record), or redoing a run that
         has no model to evaluate."""
         if not self.complete:
             return (f"run {self.id} ({self.stage}) is not complete; resume it with `python -m castlib train` (the "

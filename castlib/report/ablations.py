@@ -38,6 +38,7 @@ from castlib.baselines.guided_distillation import guided_distillation
 from castlib.config import Config
 from castlib.data.loaders import SMOKE_AP_NOTE, describe_data
 from castlib.engine import stages
+from castlib.engine.lifecycle import check_data
 from castlib.engine.plan import current_plan, planning, training_seconds
 from castlib.engine.runs import Run, lineage, runs_dir
 from castlib.errors import CastError, ConfigError
@@ -534,7 +535,7 @@ def train_tables(cfg: Config, numbers: Sequence[int], jobs: int) -> None:
         raise CastError(f"--jobs {jobs} under torchrun: give the GPUs either to the runs (torchrun, --jobs 1) or to "
                         "the workers (--jobs J without torchrun), not both")
     gpus = worker_gpus(cfg, jobs)
-    stages.check_data(cfg, "knowledge_transfer")  # the data ready before planning reads its digests
+    check_data(cfg, "knowledge_transfer")  # the data ready before planning reads its digests
     pending, running = table_units(cfg, numbers), {}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with worker_pool(jobs, gpus) as pool:

@@ -233,7 +233,7 @@ def validation_predictions(cfg: Config, models: Mapping[str, tuple[Run, str]], c
     read as its pseudo-labels are (:func:`teacher_instances`: box score above ``teacher_threshold``, by default
     ``train.pseudo_labels.threshold``, supplementary Table 2's 0.3); a student's are its Mask2Former instances
     scoring at least ``min_score`` (:func:`predict`). :func:`selection_rule` says which, for the titles."""
-    from castlib.engine.stages import load_model
+    from castlib.engine.lifecycle import load_model
 
     val = val_dataset(cfg)
     samples = [val[i] for i in range(min(count, len(val)))]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from castlib.__main__ import build_parser, config_from_args, main
-from castlib.engine import stages
+from castlib.engine import lifecycle
 from castlib.engine.runs import create_run
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without CUDA")
@@ -25,8 +25,8 @@ def _config(*argv: str):
 
 
 def _run_id(cfg, stage: str, inputs: dict | None = None, **options) -> str:
-    return create_run(cfg, stage, stages.stage_config(cfg, stage, **options), inputs or {}, cfg.seed, write=False,
-                      check_inputs=False, data=stages.input_digests(cfg, stage)).id
+    return create_run(cfg, stage, lifecycle.stage_config(cfg, stage, **options), inputs or {}, cfg.seed, write=False,
+                      check_inputs=False, data=lifecycle.input_digests(cfg, stage)).id
 
 
 @pytest.fixture
@@ -119,8 +119,8 @@ def test_synthetic_data_on_paper_by_name_is_recorded_in_every_run_and_warned(cli
     assert code == 0 and err.startswith("warning: data.source=synthetic: profile paper runs on the synthetic set "
                                         "cityscapes-synthetic-smoke (12 train / 2 val images, 64x128)"), err
     cfg = _config("--profile", "paper", "--set", "data.source=synthetic", *private)
-    run = create_run(cfg, "teacher_init", stages.stage_config(cfg, "teacher_init"), {}, 0,
-                     data=stages.input_digests(cfg, "teacher_init"))
+    run = create_run(cfg, "teacher_init", lifecycle.stage_config(cfg, "teacher_init"), {}, 0,
+                     data=lifecycle.input_digests(cfg, "teacher_init"))
     record = json.loads((run.dir / "run.json").read_text())
     assert record["profile"] == "paper"
     assert record["data_source"] == {"source": "synthetic", "dataset": "cityscapes",
@@ -131,8 +131,8 @@ def test_synthetic_data_on_paper_by_name_is_recorded_in_every_run_and_warned(cli
 def test_a_real_root_is_recorded_in_run_json(private, real_root):
     root = real_root("cityscapes")
     cfg = _config("--data-root", root, *private)
-    run = create_run(cfg, "teacher_init", stages.stage_config(cfg, "teacher_init"), {}, 0,
-                     data=stages.input_digests(cfg, "teacher_init"))
+    run = create_run(cfg, "teacher_init", lifecycle.stage_config(cfg, "teacher_init"), {}, 0,
+                     data=lifecycle.input_digests(cfg, "teacher_init"))
     assert json.loads((run.dir / "run.json").read_text())["data_source"] == {
         "source": "real", "dataset": "cityscapes", "root": str(root)}
 

@@ -16,7 +16,7 @@ from PIL import Image
 from castlib.__main__ import build_parser, config_from_args
 from castlib.config import REPO_ROOT
 from castlib.data.loaders import data_digest, split_files
-from castlib.engine import stages
+from castlib.engine import lifecycle, stages
 from castlib.engine.runs import Run, create_run
 from castlib.models import build_model
 
@@ -27,16 +27,16 @@ def _config(private: list[str], *extra: str):
 
 def _fake_complete(cfg, stage: str, inputs: dict, iterations: int | None = None, **options) -> Run:
     """A run folder marked complete without training (what an old or a broken run leaves behind)."""
-    run = create_run(cfg, stage, stages.stage_config(cfg, stage, **options), inputs, cfg.seed,
-                     data=stages.input_digests(cfg, stage))
+    run = create_run(cfg, stage, lifecycle.stage_config(cfg, stage, **options), inputs, cfg.seed,
+                     data=lifecycle.input_digests(cfg, stage))
     run.write_metrics({"ap": 0.0, "ap50": 0.0, "train": {} if iterations is None else {"iterations": iterations}})
     run.mark_complete({"ap": 0.0, "ap50": 0.0})
     return run
 
 
 def _would_open(cfg, stage: str, inputs: dict, **options) -> str:
-    return create_run(cfg, stage, stages.stage_config(cfg, stage, **options), inputs, cfg.seed, write=False,
-                      data=stages.input_digests(cfg, stage)).id
+    return create_run(cfg, stage, lifecycle.stage_config(cfg, stage, **options), inputs, cfg.seed, write=False,
+                      data=lifecycle.input_digests(cfg, stage)).id
 
 
 def test_an_edited_split_file_is_a_new_run(cli, private):
@@ -124,8 +124,8 @@ def test_a_complete_run_that_never_trained_is_refused(cli, private, guard):
 def test_evaluate_refuses_an_incomplete_run(cli, private, guard, workspace):
     assert cli("prepare", *private)[0] == 0
     cfg = _config(private)
-    run = create_run(cfg, "teacher_init", stages.stage_config(cfg, "teacher_init"), {}, 0,
-                     data=stages.input_digests(cfg, "teacher_init"))
+    run = create_run(cfg, "teacher_init", lifecycle.stage_config(cfg, "teacher_init"), {}, 0,
+                     data=lifecycle.input_digests(cfg, "teacher_init"))
     check = guard()
     code, err = cli("evaluate", "--run", run.id, "--runs-dir", workspace / "results" / "runs")
     assert code == 2 and err.startswith(f"error: {run.dir}: run {run.id} (teacher_init) is not complete"), err
@@ -146,7 +146,7 @@ def custom_profile_run(cli, private, workspace):
 
 def test_a_run_of_a_custom_profile_can_be_re_evaluated(cli, custom_profile_run, workspace):
     run, profile = custom_profile_run
-    assert stages.run_config(run).model.teacher.top_k == 50
+    assert lifecycle.run_config(run).model.teacher.top_k == 50
     code, err = cli("evaluate", "--run", run.id, "--runs-dir", workspace / "results" / "runs")
     assert code == 0, err
     assert {"ap", "ap50"} <= set(run.metrics)
@@ -261,8 +261,8 @@ def trained_run(cli, private):
     """A complete teacher_init run with a model and a training record of 7 iterations (made without training)."""
     assert cli("prepare", *private)[0] == 0
     cfg = _config(private)
-    run = create_run(cfg, "teacher_init", stages.stage_config(cfg, "teacher_init"), {}, cfg.seed,
-                     data=stages.input_digests(cfg, "teacher_init"))
+    run = create_run(cfg, "teacher_init", lifecycle.stage_config(cfg, "teacher_init"), {}, cfg.seed,
+                     data=lifecycle.input_digests(cfg, "teacher_init"))
     build_model(cfg, "teacher", 8).save_pretrained(run.model_dir)
     run.write_metrics({"ap": 0.0, "ap50": 0.0, "train": {"iterations": 7, "loss": 1.5}})
     run.mark_complete({"ap": 0.0, "ap50": 0.0})
@@ -293,7 +293,7 @@ def test_a_run_completed_before_complete_json_kept_the_record_is_rebuilt_from_it
 
 def test_an_incomplete_run_missing_its_metrics_says_to_resume_it(private, workspace):
     cfg = _config(private)
-    run = create_run(cfg, "teacher_init", stages.stage_config(cfg, "teacher_init"), {}, cfg.seed,
+    run = create_run(cfg, "teacher_init", lifecycle.stage_config(cfg, "teacher_init"), {}, cfg.seed,
                      data={"dataset": "x"})
     from castlib.engine.runs import RunError
 
