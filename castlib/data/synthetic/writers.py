@@ -20,7 +20,7 @@ from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import createLabelImage
 from PIL import Image
 
-from castlib.data.classes import ADE20K
+from castlib.data.classes import ADE20K, CITYSCAPES
 from castlib.data.datasets import ADE20KInstances, encode_ade20k
 from castlib.data.domains import TARGET, DomainStyle, domain_style
 from castlib.data.synthetic.drawing import SyntheticSpec, ade20k_scene, cityscapes_scene, visible_instances
@@ -87,7 +87,7 @@ def ade20k_category_file() -> dict:
     return {"categories": [{"id": i, "name": n} for i, n in zip(ADE20K.dataset_ids, ADE20K.names, strict=True)]}
 
 
-_WRITERS = {"cityscapes": write_cityscapes_image, "ade20k": write_ade20k_image}
+_WRITERS = {CITYSCAPES.dataset: write_cityscapes_image, ADE20K.dataset: write_ade20k_image}  # per dataset
 
 
 def read_manifest(root: Path) -> SyntheticSpec | None:
@@ -180,7 +180,7 @@ def generate(spec: SyntheticSpec, root: str | Path, progress: bool = False) -> P
     return root
 
 
-_FILES_PER_IMAGE = {"cityscapes": 5, "ade20k": 2}  # files write_cityscapes_image / write_ade20k_image write
+_FILES_PER_IMAGE = {CITYSCAPES.dataset: 5, ADE20K.dataset: 2}  # files each image writer writes
 
 
 def _folder_bytes(root: Path) -> int:
