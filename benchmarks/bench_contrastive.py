@@ -2,7 +2,7 @@
 
 One forward + backward of :func:`castlib.losses.pixel_contrastive_loss` with R = 200 negatives,
 D = 128, K = 100 queries, C = 8 classes, on predictions shaped like a trained model's
-(:mod:`castlib.losses.synthetic`; the speed-up on untrained, standard-normal logits is reported
+(:mod:`tests.contrastive_fixtures`; the speed-up on untrained, standard-normal logits is reported
 beside it). Times are the best of interleaved repeats (10 at 4096 anchors, 2 at 32768), so ratios compare runs
 under the same load.
 Peak memory is what one step adds to the memory in use: on CPU the growth of the resident set
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from castlib.losses import MemoryBank, pixel_contrastive_loss, pseudo_probability_embedding
-from castlib.losses.synthetic import instance_predictions
+from tests.contrastive_fixtures import instance_predictions
 
 SIDE, R, D, K, C, BANK = 32, 200, 128, 100, 8, 10_000  # each image: a 32 x 32 embedding map
 SPEED_IMAGES, LARGE_IMAGES = 4, 32  # 4096 and 32768 anchors

@@ -147,7 +147,7 @@ def inference(cfg: Config, device: torch.device, repeats: int = 5) -> dict:
 def contrastive(cfg: Config, device: torch.device) -> dict:
     """L_pxl forward + backward, fast against reference, at the student's anchor count (crop grid x batch)."""
     from benchmarks.bench_contrastive import best_times, peak_bytes, step
-    from castlib.losses.synthetic import instance_predictions
+    from tests.contrastive_fixtures import instance_predictions
 
     height, width = (side // 14 for side in cfg.augment.crop)
     images = cfg.train.student.batch_size

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from castlib.errors import ConfigError
+from castlib.paper import DATASET_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -46,7 +47,7 @@ README_DATA_SECTION = "On a GPU box"  # the README section on getting the real d
 # Enums: the values a key admits (the code's own lists are checked against these by the tests).
 CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
-    "data.dataset": ("cityscapes", "ade20k"),
+    "data.dataset": DATASET_NAMES,
     "data.source": ("synthetic", "real"),
     "train.teacher.schedule": ("multistep", "poly", "constant"),
     "train.student.schedule": ("multistep", "poly", "constant"),

@@ -17,7 +17,7 @@ from castlib.losses import (
     pixel_contrastive_loss,
     pseudo_probability_embedding,
 )
-from castlib.losses.synthetic import instance_predictions
+from tests.contrastive_fixtures import instance_predictions
 
 OPTIONS = list(itertools.product(SCORES, EMBEDDINGS, ("infonce", "hinge"), ("batch", "memory_bank")))
 

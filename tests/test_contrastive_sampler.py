@@ -16,7 +16,7 @@ from castlib.losses import (
     successive_sampling,
 )
 from castlib.losses.debiased_sampling import ChunkWeights
-from castlib.losses.synthetic import instance_predictions
+from tests.contrastive_fixtures import instance_predictions
 
 SAMPLERS = {
     "gumbel_top_k": gumbel_top_k,

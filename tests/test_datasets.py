@@ -119,3 +119,23 @@ def test_a_split_file_naming_an_image_that_does_not_exist_names_the_file_and_lin
     assert err.value.path == split
     with pytest.raises(DataError, match="not found"):
         CityscapesInstances(cityscapes_root, "train", image_ids=["synthaachen_999999_000019"])
+
+
+def test_the_dataset_list_is_typed_once_and_every_per_dataset_table_covers_it():
+    """castlib.paper.DATASET_NAMES (Table 1's rows) is the list; the config's choices read it, and the class lists,
+    the readers, the synthetic writers and make's default list cover exactly it."""
+    from castlib.config import CHOICES, REPO_ROOT
+    from castlib.data.classes import CLASS_LISTS
+    from castlib.data.datasets import DATASETS
+    from castlib.data.synthetic import SyntheticSpec, check_spec
+    from castlib.paper import DATASET_NAMES
+
+    assert DATASET_NAMES == ("cityscapes", "ade20k") and CHOICES["data.dataset"] is DATASET_NAMES
+    assert tuple(CLASS_LISTS) == tuple(DATASETS) == DATASET_NAMES
+    for name in DATASET_NAMES:
+        check_spec(SyntheticSpec(name, 1, 1, 32, 32, 0))  # a writer for each
+    with pytest.raises(DataError, match=r"unknown synthetic format 'coco'; use one of \['ade20k', 'cityscapes'\]"):
+        check_spec(SyntheticSpec("coco", 1, 1, 32, 32, 0))
+    make_default = next(line for line in (REPO_ROOT / "Makefile").read_text().splitlines()
+                        if line.startswith("DATASETS ?="))
+    assert make_default.split("?=")[1].split() == list(DATASET_NAMES)  # make cannot import it: checked here

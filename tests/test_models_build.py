@@ -38,6 +38,48 @@ def test_a_saved_model_loads_back_identically_offline(cfg, which, tmp_path):
     assert torch.equal(a.class_logits, b.class_logits) and torch.equal(a.mask_logits, b.mask_logits)
 
 
+def test_a_saved_model_reloads_from_its_own_folder_without_any_profile(cfg, tmp_path, monkeypatch):
+    """Sizes no profile has (a mini-like decoder, wider still) come back from castlib_model.json alone, asked for by
+    the smoke config; no profile is read while loading."""
+    sizes = ["model.decoder.hidden_dim=48", "model.decoder.dim_feedforward=96", "model.decoder.num_queries=7",
+             "model.pixel_decoder.fusion_hidden_size=40", "model.projection.dim=24"]
+    torch.manual_seed(0)
+    model = build_model(load_config("mini", sizes), "student", C).eval()
+    model.save_pretrained(tmp_path)
+
+    def no_profile(*args, **kwargs):
+        raise AssertionError("a saved model was reloaded through a profile")
+
+    monkeypatch.setattr("castlib.config.profile_path", no_profile)  # every profile is found through it
+    loaded = build_model(cfg, "student", C, pretrained=tmp_path).eval()
+    assert loaded.settings == model.settings and loaded.settings["decoder"]["hidden_dim"] == 48
+    assert cfg.model.decoder.hidden_dim != 48  # the asking config's sizes would not fit the weights
+    mine, theirs = model.state_dict(), loaded.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    images = torch.rand(1, 3, 56, 70)
+    with torch.no_grad():
+        assert torch.equal(model(images).mask_logits, loaded(images).mask_logits)
+
+
+def test_a_folder_saved_before_a_model_key_existed_still_loads(cfg, tmp_path):
+    """A section recorded before a key was added lacks it: the key takes its defaults value. One recorded before a
+    key was removed keeps it, unread."""
+    build_model(cfg, "student", C).save_pretrained(tmp_path)
+    meta_file = tmp_path / "castlib_model.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["model"]["teacher"]["activation_checkpointing"], meta["model"]["decoder"]["dropout"]
+    meta["model"]["decoder"]["retired_option"] = 3
+    meta_file.write_text(json.dumps(meta))
+    loaded = build_model(cfg, "student", C, pretrained=tmp_path)
+    defaults = load_config("defaults").model
+    assert loaded.settings["decoder"]["dropout"] == defaults.decoder.dropout
+    assert loaded.settings["teacher"]["activation_checkpointing"] == defaults.teacher.activation_checkpointing
+    del meta["model"]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="castlib_model.json: records no model; save the model again"):
+        build_model(cfg, "student", C, pretrained=tmp_path)
+
+
 def test_a_checkpoint_of_another_model_is_refused(cfg, tmp_path):
     build_model(cfg, "student", C).save_pretrained(tmp_path)
     with pytest.raises(DataError, match="holds a student with 8 classes, not a teacher"):

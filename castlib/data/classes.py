@@ -55,6 +55,6 @@ ADE20K_INSTANCE_NAMES = (
 )  # fmt: skip
 ADE20K = ClassList("ade20k", ADE20K_INSTANCE_NAMES, tuple(range(1, len(ADE20K_INSTANCE_NAMES) + 1)))
 
-CLASS_LISTS = {"cityscapes": CITYSCAPES, "ade20k": ADE20K}
+CLASS_LISTS = {classes.dataset: classes for classes in (CITYSCAPES, ADE20K)}  # keyed as castlib.paper.DATASET_NAMES
 
 __all__ = ["ADE20K", "CITYSCAPES", "CLASS_LISTS", "ClassList", "id2label", "name2label"]

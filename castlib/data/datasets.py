@@ -308,4 +308,5 @@ class ADE20KInstances(InstanceDataset):
         return encode_ade20k(masks, labels, self.classes)
 
 
-DATASETS: dict[str, type[InstanceDataset]] = {"cityscapes": CityscapesInstances, "ade20k": ADE20KInstances}
+# The reader of each of castlib.paper.DATASET_NAMES, keyed by its class list's name.
+DATASETS: dict[str, type[InstanceDataset]] = {CITYSCAPES.dataset: CityscapesInstances, ADE20K.dataset: ADE20KInstances}

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model
 
-from castlib.config import Config, load_config
+from castlib.config import DEFAULTS_FILE, Config, as_config, read_yaml
 from castlib.data.classes import CLASS_LISTS
 from castlib.errors import ConfigError, DataError
-from castlib.models.base import WEIGHTS_FILE, SegmentationModel, read_meta
+from castlib.models.base import META_FILE, WEIGHTS_FILE, SegmentationModel, read_meta
 from castlib.models.student import Student
 from castlib.models.teacher import Teacher
 
 MODELS = ("student", "baseline", "teacher")
+_META_KEYS = ("which", "num_classes", "class_names", "model", "components")  # what save_pretrained records
 
 
 def _class_names(cfg: Config, which: str, num_classes: int) -> list[str]:
@@ -38,16 +40,41 @@ def _construct(cfg: Config, which: str, num_classes: int, class_names: list[str]
     return Teacher(cfg, num_classes, class_names, pretrained, components, checkpoint)
 
 
+def saved_config(meta: dict) -> Config:
+    """The config a saved model is rebuilt from: the ``model`` section its ``castlib_model.json`` records (the only
+    section a model reads), whatever profile built it and whatever config asks for it.
+
+    Folders saved before a model key existed lack it (``model.teacher.activation_checkpointing`` came on
+    2026-12-05, after teachers were already in the run registry); such a key takes its ``configs/defaults.yaml``
+    value, which is the behaviour from before it existed. Every key the folder records is kept as recorded."""
+    return Config({"model": as_config(_with_missing(meta["model"], read_yaml(DEFAULTS_FILE)["model"]))})
+
+
+def _with_missing(saved: dict, defaults: dict) -> dict:
+    """``saved`` with the keys it lacks (at any depth) copied from ``defaults``."""
+    out = dict(saved)
+    for key, default in defaults.items():
+        if key not in out:
+            out[key] = copy.deepcopy(default)
+        elif isinstance(default, dict) and isinstance(out[key], dict):
+            out[key] = _with_missing(out[key], default)
+    return out
+
+
 def _load_checkpoint(directory: Path, which: str, num_classes: int) -> SegmentationModel:
     try:
         meta = read_meta(directory)
     except (OSError, ValueError) as e:
         raise DataError(directory, f"not a model saved with save_pretrained ({e})") from None
+    absent = [key for key in _META_KEYS if key not in meta]
+    if absent:
+        raise DataError(directory / META_FILE, f"records no {', '.join(absent)}; save the model again with "
+                                               "save_pretrained")
     if (meta["which"], meta["num_classes"]) != (which, num_classes):
         raise DataError(directory, f"holds a {meta['which']} with {meta['num_classes']} classes, "
                                    f"not a {which} with {num_classes}")
-    cfg = load_config("smoke", {"model": meta["model"]})  # the checkpoint's model section replaces the profile's
-    model = _construct(cfg, which, num_classes, meta["class_names"], False, meta["components"], directory)
+    model = _construct(saved_config(meta), which, num_classes, meta["class_names"], False, meta["components"],
+                       directory)
     try:
         missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False)
     except (SafetensorError, OSError) as e:

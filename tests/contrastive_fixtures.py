@@ -1,5 +1,6 @@
-"""Predictions shaped like a trained model's, on synthetic instance maps: inputs for exercising
-the instance-aware sampler (tests, benchmarks, notebooks) without a model.
+"""A test fixture: predictions shaped like a trained model's, on synthetic instance maps, the inputs that
+exercise the instance-aware sampler and L_pxl without a model (the contrastive tests; ``benchmarks`` imports it
+as ``tests.contrastive_fixtures``, run from the repository root as ``python -m benchmarks``).
 
 Each image is an ``height x width`` embedding map holding random rectangles (later ones occlude
 earlier ones) on background. Query k predicts instance k + 1: its mask logit is ``+confidence``
