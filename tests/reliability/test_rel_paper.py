@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from castlib.__main__ import build_parser, config_from_args, main
+from castlib.config import REPO_ROOT
 from castlib.engine import lifecycle
 from castlib.engine.runs import create_run
 
@@ -43,6 +44,7 @@ def test_paper_without_a_root_stops_at_once_naming_data_root(cli, private, guard
     code, err = cli(*command, "--profile", "paper", *private)
     assert code == 2 and err.startswith("error: key 'data.root': profile paper reads the real cityscapes dataset"), err
     assert "--data-root" in err and "README 'On a GPU box'" in err and len(err.strip().splitlines()) == 1
+    assert "\n## On a GPU box\n" in (REPO_ROOT / "README.md").read_text()  # the section the error sends you to
     assert not (workspace / "data").exists() and not (workspace / "results").exists()  # no synthetic set, no run
     check.check()
 
