@@ -33,7 +33,7 @@ DEVICE_HELP = "overrides device: auto | cpu | cuda (on paper no CUDA is an error
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--profile``, ``--dataset``, ``--data-root``, ``--device`` and repeated ``--set key=value``."""
     parser.add_argument("--profile", "--config", "-p", default="smoke", help="smoke | mini | paper, or a YAML file")
-    parser.add_argument("--dataset", choices=["cityscapes", "ade20k"], help="overrides data.dataset")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, help="overrides data.dataset")
     parser.add_argument("--data-root", help="a real dataset root (overrides data.root; implies data.source=real)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic set in the Cityscapes or ADE20K format")
-    p.add_argument("--format", required=True, choices=["cityscapes", "ade20k"])
+    p.add_argument("--format", required=True, choices=DATASET_NAMES)
     p.add_argument("--out", required=True, help="output folder (the dataset root)")
     p.add_argument("--train", type=int, default=40)
     p.add_argument("--val", type=int, default=10)

@@ -75,7 +75,7 @@ class InstanceDataset(Dataset, abc.ABC):
         self.transform = transform
         if not self.root.is_dir():
             raise DataError(self.root, "dataset root does not exist (set data.root in the config or pass "
-                                       "--data-root; see README 'Real datasets')")
+                                       "--data-root; see docs/data_and_formats.md 'Real datasets')")
         image_dir = self.image_dir()
         if not image_dir.is_dir():
             raise DataError(image_dir, f"missing image folder: is {self.root} a {self.classes.dataset} root?")
