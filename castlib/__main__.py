@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from castlib.errors import CastError
+from castlib.paper import DATASET_NAMES
 
 # Commands that read the dataset: a real source without a root stops them before anything else (a plan needs no
 # data, and doctor reports it among its findings).
