@@ -21,7 +21,7 @@ from castlib.__main__ import main
 from castlib.baselines import guided_distillation as G
 from castlib.config import REPO_ROOT, Config, load_config
 from castlib.data.sample import Batch
-from castlib.engine import loop
+from castlib.engine import fitting, loop
 from castlib.engine.checkpoint import load_checkpoint
 from castlib.errors import ConfigError
 from castlib.losses import SetCriterion
@@ -212,7 +212,7 @@ def test_a_second_request_trains_nothing_and_stage_two_variants_share_the_teache
     def refuse(*args, **kwargs):
         raise AssertionError("a complete run was trained again")
 
-    monkeypatch.setattr(G, "train", refuse)
+    monkeypatch.setattr(fitting, "train", refuse)
     assert {b: G.guided_distillation(gd_cfg, b, 0.10).id for b in BACKBONES} == {b: r.id for b, r in
                                                                                   smoke_runs.items()}
     variant = load_config("smoke", [*_overrides(Path(gd_cfg.runs_dir).parent),
