@@ -3,7 +3,10 @@
 
 PYTHON ?= python3.11
 PROFILE ?= smoke
-TABLES ?= 3 4 5 6 7 8
+# the supplementary tables, as castlib.paper.REPRODUCED_TABLES types them once (read by the venv's python, or by
+# PYTHON before setup made it: castlib.paper imports nothing else)
+TABLES ?= $(shell $(firstword $(wildcard $(VENV)/bin/python) $(PYTHON)) -c \
+  'from castlib.paper import REPRODUCED_TABLES; print(*REPRODUCED_TABLES)')
 DATASETS ?= cityscapes ade20k
 JOBS ?= 1
 # NPROC > 1: the training commands run under torchrun on NPROC processes (GPUs) of this machine, each run's global

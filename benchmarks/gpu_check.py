@@ -6,7 +6,7 @@ per part its result, error or reason for being skipped; one part failing keeps t
 Parts, each under its own time budget (SIGALRM ends a part that overruns it):
 
 - ``student_step`` / ``teacher_step``: one training step of knowledge transfer (student) and of teacher step A,
-  built by :func:`castlib.engine.plan.stage_training` (the stage's own objective, batch and optimiser), timed
+  built by :func:`castlib.report.costs.stage_training` (the stage's own objective, batch and optimiser), timed
   (median of 3 after 1 untimed; tiny: 1) with bf16 autocast (the kit's training setting) and in fp32, with
   ``torch.cuda.max_memory_allocated``;
 - ``inference``: student and teacher forward passes at 1024 x 2048 (fp32 and bf16), FPS against main-paper
@@ -106,7 +106,7 @@ def training_step(cfg: Config, key: str, device: torch.device, steps: int = 3) -
     """Step time (median of ``steps`` after 1 untimed) and peak memory of a training step of ``key`` (bf16
     autocast, then fp32)."""
     from castlib import distributed as D
-    from castlib.engine.plan import stage_training, timed_steps
+    from castlib.report.costs import stage_training, timed_steps
 
     ctx = D.init(cfg.device)
     out = {}
@@ -185,13 +185,13 @@ def _commit() -> str | None:
 def run(out_dir: str | Path, tiny: bool | None = None) -> dict:
     """Run every part; returns the record written to ``out_dir/gpu_check.json``."""
     from castlib.data.loaders import make_splits, prepare_data
-    from castlib.eval.efficiency import _device_name
+    from castlib.eval.efficiency import device_name
 
     cuda = torch.cuda.is_available()
     tiny = not cuda if tiny is None else tiny
     device = torch.device("cuda" if cuda else "cpu")
     budgets = TINY_BUDGET_S if tiny else BUDGET_S
-    record = {"device": _device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+    record = {"device": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
               "python": platform.python_version(), "commit": _commit(), "tiny": tiny,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "parts": {}}
     if tiny:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from castlib import paper
 from castlib.errors import CastError
 from castlib.paper import DATASET_NAMES
 
@@ -16,6 +17,8 @@ from castlib.paper import DATASET_NAMES
 # data, and doctor reports it among its findings).
 DATA_COMMANDS = ("split", "prepare", "train", "table", "ceiling", "pseudo-quality")
 TRAINING_COMMANDS = ("train", "table")  # commands that train runs: they name the runs trained and reused
+TABLES = paper.REPRODUCED_TABLES  # the supplementary tables the commands build, plan and check
+TABLES_SPAN = f"{TABLES[0]}-{TABLES[-1]}"  # "3-8", for the help lines
 
 
 def finite_float(text: str) -> float:
@@ -132,8 +135,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_table(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from castlib.report.ablations import build_table, orderings_header, train_tables
+    from castlib.report.jobs import train_tables
     from castlib.report.orderings import write_orderings
+    from castlib.report.paper_tables import build_table, orderings_header
     from castlib.report.tables import publish_table
 
     cfg = config_from_args(args)
@@ -167,31 +171,31 @@ def cmd_table(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from castlib.engine import plan as P
     from castlib.engine.runs import runs_dir
+    from castlib.report import costs as C
 
     cfg = config_from_args(args)
     if args.measure_steps < 0 or args.gpus < 1:
         raise CastError("--measure-steps takes N >= 0 and --gpus N >= 1")
-    tables = args.tables or P.default_tables(cfg)
-    plan = P.plan_tables(cfg, tables)
-    measured = P.registry_step_times(runs_dir(cfg), cfg.profile, cfg.data.dataset)
+    tables = args.tables or C.default_tables(cfg)
+    plan = C.plan_tables(cfg, tables)
+    measured = C.registry_step_times(runs_dir(cfg), cfg.profile, cfg.data.dataset)
     notes = [f"logged by complete {cfg.profile} {cfg.data.dataset} runs in {runs_dir(cfg)}: "
              f"{', '.join(sorted(measured)) or 'none'}"]
     if args.measure_steps:
-        problem = P.measurement_problem(cfg, args.gpu_type)
+        problem = C.measurement_problem(cfg, args.gpu_type)
         if problem:
             notes.append(f"not timed here: {problem}")
         else:
             needed = {planned.timing for planned in plan.runs.values()
                       if not planned.complete and planned.timing not in measured}
-            timed = P.measure_step_times(cfg, args.measure_steps, needed)
+            timed = C.measure_step_times(cfg, args.measure_steps, needed)
             measured = timed | measured
             notes.append(f"timed here ({args.measure_steps} steps after 1 untimed, no run written): "
                          f"{', '.join(f'{k} {v:.4g} s' for k, v in sorted(timed.items()))}")
-    gpu = P.gpu_type(args.gpu_type or P.local_gpu_type(),
-                     P.DEFAULT_UTILISATION if args.utilisation is None else args.utilisation)
-    frame = P.cost_frame(plan, P.Costs(gpu, measured))
+    gpu = C.gpu_type(args.gpu_type or C.local_gpu_type(),
+                     C.DEFAULT_UTILISATION if args.utilisation is None else args.utilisation)
+    frame = C.cost_frame(plan, C.Costs(gpu, measured))
     with pd.option_context("display.width", 250, "display.max_colwidth", 60, "display.max_rows", None):
         print(frame.drop(columns="needed by").to_string(index=False, float_format=lambda s: f"{s:.4g}"))
         todo = frame[~frame.complete]
@@ -200,7 +204,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
               f"{int(frame.complete.sum())} complete, {len(todo)} to run")
         print(f"\ncost per table (a shared run counts in each table, once in the total; GPU h: one device; "
               f"wall h: GPU h / {args.gpus}, the {args.gpus} GPUs kept busy at linear scaling):")
-        print(P.table_costs(frame, args.gpus).to_string(index=False, float_format=lambda s: f"{s:.4g}"))
+        print(C.table_costs(frame, args.gpus).to_string(index=False, float_format=lambda s: f"{s:.4g}"))
     print(f"estimated compute: {todo['estimated s'].sum() / 3600:.2f} GPU h of training steps, evaluation and "
           f"pseudo-labelling; disk {frame['disk GB'].sum():.1f} GB when every run is complete")
     print(f"estimated: FLOPs of one training step (forward + backward of the trainable parameters, + L_pxl's strong "
@@ -309,7 +313,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from castlib.baselines.guided_distillation import guided_distillation
-    from castlib.engine.stages import TEACHER_VARIANTS, TRAIN_TARGETS
+    from castlib.engine.stages import CAST_VARIANT, TEACHER_VARIANTS, TRAIN_TARGETS
 
     parser = argparse.ArgumentParser(prog="python -m castlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -340,8 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", help="baseline stages: a model.backbones entry (default: model.baseline_backbone)")
     p.add_argument("--fraction", type=finite_float, help="baseline stages: one of data.label_fractions "
                                                    "(default: data.label_fraction)")
-    p.add_argument("--variant", default="self_training_contrastive",
-                   choices=TEACHER_VARIANTS,
+    p.add_argument("--variant", default=CAST_VARIANT, choices=TEACHER_VARIANTS,
                    help="teacher adaptation variant (supplementary Table 3)")
     p.add_argument("--no-contrastive", action="store_true", help="teacher_finetune without L_pxl")
     p.add_argument("--teacher", choices=["adapted", "zero_shot"], default="adapted",
@@ -349,9 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="overrides the config's seed")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("table", help="build supplementary Tables N (3-8): train missing runs, write csv and md")
+    p = sub.add_parser("table", help=f"build supplementary Tables N ({TABLES_SPAN}): train missing runs, write csv "
+                                     "and md")
     add_config_arguments(p)
-    p.add_argument("number", type=int, nargs="+", choices=range(3, 9), metavar="N", help="3 ... 8 (several: in order)")
+    p.add_argument("number", type=int, nargs="+", choices=TABLES, metavar="N",
+                   help=f"{TABLES[0]} ... {TABLES[-1]} (several: in order)")
     p.add_argument("--jobs", type=int, default=1, metavar="J",
                    help="train the missing runs with J worker processes, each with 1/J of the CPU threads (default 1)")
     p.add_argument("--out", default="results/tables", help="folder for tableN.csv and tableN.md")
@@ -363,10 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rebuild the tables from committed records alone (e.g. results/records), training nothing")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("plan", help="the runs Tables 3-8 need, which are shared and complete, estimated compute")
+    p = sub.add_parser("plan", help=f"the runs Tables {TABLES_SPAN} need, which are shared and complete, estimated "
+                                    "compute")
     add_config_arguments(p)
-    p.add_argument("--tables", type=int, nargs="+", choices=range(3, 9), metavar="N",
-                   help="default: 3-8 (3-7 on ADE20K)")
+    p.add_argument("--tables", type=int, nargs="+", choices=TABLES, metavar="N",
+                   help=f"default: {TABLES_SPAN} (without Table 8 on ADE20K)")
     p.add_argument("--measure-steps", type=int, default=0, metavar="N",
                    help="time N training steps of each stage no complete run has logged (no evaluation, no run "
                         "written; random weights); not on the CPU for the paper profile")
@@ -415,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the notebooks write tables to RESULTS/tables, figures to RESULTS/figures and, unless --out "
                         "says otherwise, the executed notebooks to RESULTS/notebooks (default: results)")
     p.add_argument("--out", help="folder for executed notebooks and their records (default: RESULTS/notebooks)")
-    p.add_argument("--tables", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8], choices=range(3, 9), metavar="N",
-                   help="the supplementary tables the notebooks build (default: 3 ... 8)")
+    p.add_argument("--tables", type=int, nargs="+", default=list(TABLES), choices=TABLES, metavar="N",
+                   help=f"the supplementary tables the notebooks build (default: {TABLES[0]} ... {TABLES[-1]})")
     p.add_argument("--data-root", help="a real Cityscapes root (the notebooks' data_root parameter)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every notebook (their overrides parameter), e.g. device=cpu")
@@ -426,8 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "the tables asked for; says what is wrong and how to fix it (exit 1 when "
                                       "something is)")
     add_config_arguments(p)
-    p.add_argument("--tables", type=int, nargs="+", choices=range(3, 9), metavar="N",
-                   help="the supplementary tables whose weights and disk to check (default: 3-8, 3-7 on ADE20K)")
+    p.add_argument("--tables", type=int, nargs="+", choices=TABLES, metavar="N",
+                   help=f"the supplementary tables whose weights and disk to check (default: {TABLES_SPAN}, without "
+                        "Table 8 on ADE20K)")
     p.set_defaults(func=cmd_doctor)
     return parser
 

@@ -138,7 +138,7 @@ def needed_weights(cfg: Config, tables: Sequence[int]) -> dict[str, list[int]]:
     """The config keys of the pretrained weights ``tables`` need, each with the tables that need it: every table
     trains the CAST teacher (detector, segmenter) and student (``model.student_backbone``); Table 8 also Guided
     Distillation on each of its backbones (ResNet-50, DINOv2-B, DINOv2-L)."""
-    from castlib.report.ablations import GD_BACKBONES
+    from castlib.report.paper_tables import GD_BACKBONES
 
     keys: dict[str, list[int]] = {}
     for number in tables:
@@ -200,8 +200,8 @@ def weights(cfg: Config, tables: Sequence[int]) -> Iterator[Finding]:
 
 def disk_need_gib(cfg: Config, tables: Sequence[int]) -> float:
     """GiB of free disk under runs_dir that the ``tables`` need: what their runs not yet complete will write
-    (:func:`castlib.engine.plan.disk_need`, from each run's checkpoints, model, predictions and pseudo-labels)."""
-    from castlib.engine.plan import disk_need
+    (:func:`castlib.report.costs.disk_need`, from each run's checkpoints, model, predictions and pseudo-labels)."""
+    from castlib.report.costs import disk_need
 
     return disk_need(cfg, tables) / 2**30
 
@@ -221,7 +221,7 @@ def disk(cfg: Config, tables: Sequence[int]) -> Iterator[Finding]:
 
 def diagnose(cfg: Config, tables: Sequence[int] | None = None) -> list[Finding]:
     """Every check, in the order they are printed, for ``tables`` (default :func:`default_tables`)."""
-    from castlib.engine.plan import default_tables
+    from castlib.report.costs import default_tables
 
     tables = default_tables(cfg) if tables is None else list(tables)
     return [*environment(), *device(cfg), *dataset(cfg), *weights(cfg, tables), *disk(cfg, tables)]

@@ -58,7 +58,7 @@ import pandas as pd
 
 from castlib.engine import stages as S
 from castlib.notebooks import notebook_config, notebook_folder, record
-from castlib.report.ablations import with_student_contrastive
+from castlib.report.paper_tables import with_student_contrastive
 from castlib.report.plots import contrastive_diagnostics, read_log, save_figure, training_curves
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)

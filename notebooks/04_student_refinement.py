@@ -48,7 +48,7 @@ import pandas as pd
 
 from castlib.engine import stages as S
 from castlib.notebooks import notebook_config, notebook_folder, record
-from castlib.report.ablations import data_notes, main_table3
+from castlib.report.paper_tables import data_notes, main_table3
 from castlib.report.plots import read_log, save_figure, training_curves
 from castlib.report.tables import publish_table
 

@@ -60,8 +60,8 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from castlib.notebooks import notebook_config, notebook_folder, record
-from castlib.report.ablations import build_table, data_notes, orderings_header
 from castlib.report.orderings import write_orderings
+from castlib.report.paper_tables import build_table, data_notes, orderings_header
 from castlib.report.tables import publish_table
 
 cfg = notebook_config(profile, dataset, seeds, runs_dir, data_root, overrides)

@@ -45,7 +45,7 @@ interactive = True  # show the widgets (headless runs set False)
 
 # %%
 from castlib.notebooks import notebook_config, notebook_folder, record
-from castlib.report.ablations import build_table, data_notes
+from castlib.report.paper_tables import build_table, data_notes
 from castlib.report.plots import label_fraction_figure, save_figure
 from castlib.report.tables import publish_table
 

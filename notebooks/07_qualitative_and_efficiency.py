@@ -45,8 +45,8 @@ interactive = True  # show the widgets (headless runs set False)
 
 # %%
 from castlib.data.loaders import describe_data
-from castlib.engine import stages as S
 from castlib.distributed import resolve_device
+from castlib.engine import stages as S
 from castlib.eval.efficiency import fig2_table, write_fig2_table
 from castlib.notebooks import notebook_config, notebook_folder, record
 from castlib.report.plots import (

@@ -40,9 +40,9 @@ def layer_of(module: str) -> int:
     best = None
     for rank, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if module == prefix or (prefix != "castlib" and module.startswith(prefix + ".")):
-                if best is None or len(prefix) > best[1]:
-                    best = (rank, len(prefix))
+            inside = module == prefix or (prefix != "castlib" and module.startswith(prefix + "."))
+            if inside and (best is None or len(prefix) > best[1]):
+                best = (rank, len(prefix))
     if best is None:
         raise AssertionError(f"{module} is in no layer of tests/test_architecture.py: add it to LAYERS")
     return best[0]

@@ -134,23 +134,23 @@ def test_torchrun_step_b_and_student_first_step_loss_equals_one_process(one_proc
 def test_table_workers_get_a_gpu_each_and_more_workers_than_gpus_is_an_error(monkeypatch):
     from castlib.config import load_config
     from castlib.errors import CastError
-    from castlib.report import ablations
+    from castlib.report import jobs
 
     cfg = load_config("smoke")
-    monkeypatch.setattr(ablations, "visible_gpus", lambda: ["2", "5"])
+    monkeypatch.setattr(jobs, "visible_gpus", lambda: ["2", "5"])
     cfg.device = "cuda"
-    assert ablations.worker_gpus(cfg, 2) == ["2", "5"]
+    assert jobs.worker_gpus(cfg, 2) == ["2", "5"]
     with pytest.raises(CastError, match="--jobs 3: only 2 GPU"):
-        ablations.worker_gpus(cfg, 3)
+        jobs.worker_gpus(cfg, 3)
     cfg.device = "cpu"
-    assert ablations.worker_gpus(cfg, 3) is None
+    assert jobs.worker_gpus(cfg, 3) is None
     queue = __import__("queue").Queue()
     for gpu in ("2", "5"):
         queue.put(gpu)
     seen = []
     for _ in range(2):  # what each spawned worker's initializer does (its parent: this process's own parent)
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        ablations._init_worker(os.getppid(), queue)
+        jobs._init_worker(os.getppid(), queue)
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
     assert seen == ["2", "5"]
 

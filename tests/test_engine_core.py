@@ -13,9 +13,9 @@ from castlib.data.sample import InstanceSample
 from castlib.distributed import Context
 from castlib.engine.batches import IterationBatches, batch_stream
 from castlib.engine.checkpoint import load_checkpoint
+from castlib.engine.logs import wall_seconds
 from castlib.engine.loop import train
 from castlib.engine.optim import build_optimizer, build_scheduler, clip_gradients
-from castlib.engine.plan import wall_seconds
 from castlib.engine.runs import Run, RunError, claim, create_run, release, run_id
 
 CPU = Context(rank=0, world=1, local_rank=0, device=torch.device("cpu"))

@@ -101,5 +101,6 @@ def test_the_prompted_ceiling_scores_the_segmenter_on_the_true_boxes(smoke_confi
 def test_the_ceiling_names_a_run_that_is_not_there(capsys, smoke_config, tmp_path):
     from castlib.__main__ import main
 
-    assert main(["ceiling", "--profile", "smoke", "--set", f"runs_dir={tmp_path}", "--teacher-runs", "abc123abc123"]) != 0
+    assert main(["ceiling", "--profile", "smoke", "--set", f"runs_dir={tmp_path}",
+                 "--teacher-runs", "abc123abc123"]) != 0
     assert "no run abc123abc123" in capsys.readouterr().err

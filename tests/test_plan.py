@@ -13,10 +13,10 @@ from torch import nn
 
 from castlib.__main__ import main
 from castlib.config import load_config
-from castlib.engine import plan as P
 from castlib.engine.runs import runs_dir
 from castlib.eval.efficiency import count_flops, parameter_counts, shape_only
 from castlib.models import build_model
+from castlib.report import costs as C
 
 
 class TwoConvs(nn.Module):
@@ -64,7 +64,7 @@ def test_table_costs_count_a_shared_run_in_each_table_and_once_in_the_total():
     frame = pd.DataFrame({"complete": [False, False, True], "tables": ["Table 3, Table 4", "Table 4", "Table 3"],
                           "estimated s": [3600.0, 7200.0, 0.0], "disk GB": [1.0, 2.0, 4.0],
                           "source": ["estimated", "measured", "measured"]})
-    costs = P.table_costs(frame, gpus=4).set_index("table")
+    costs = C.table_costs(frame, gpus=4).set_index("table")
     assert list(costs.index) == ["Table 3", "Table 4", "total"]
     assert list(costs["GPU h"]) == [1.0, 3.0, 3.0] and list(costs["wall h on 4"]) == [0.25, 0.75, 0.75]
     assert list(costs["disk GB"]) == [5.0, 3.0, 7.0]
@@ -72,11 +72,11 @@ def test_table_costs_count_a_shared_run_in_each_table_and_once_in_the_total():
 
 
 def test_gpu_types_come_from_one_table():
-    assert P.gpu_type("NVIDIA H200").peak_tflops == P.GPU_PEAK_TFLOPS["H200"]
-    assert P.gpu_type(None).name == P.DEFAULT_GPU
-    assert P.gpu_type("a100", 0.5).seconds(312e12) == pytest.approx(2.0)
-    with pytest.raises(P.CastError, match="known: A100"):
-        P.gpu_type("TPU")
+    assert C.gpu_type("NVIDIA H200").peak_tflops == C.GPU_PEAK_TFLOPS["H200"]
+    assert C.gpu_type(None).name == C.DEFAULT_GPU
+    assert C.gpu_type("a100", 0.5).seconds(312e12) == pytest.approx(2.0)
+    with pytest.raises(C.CastError, match="known: A100"):
+        C.gpu_type("TPU")
 
 
 @pytest.mark.slow  # about a minute: the paper student's FLOPs are counted on fake tensors
@@ -103,7 +103,7 @@ def test_paper_plan_prints_gpu_hours_and_disk_per_table_without_weights_or_data(
 def test_measured_step_times_train_a_few_steps_and_write_no_run(tmp_path):
     cfg = prepared_config(tmp_path, workspace_overrides(tmp_path))
     keys = {"student_refinement/dinov2_s", "teacher_self_training", "guided_distillation/resnet50"}
-    timed = P.measure_step_times(cfg, 1, keys)
+    timed = C.measure_step_times(cfg, 1, keys)
     assert set(timed) == {"student_refinement/dinov2_s", "teacher_self_training", "inference/student/dinov2_s",
                           "inference/teacher"}  # Guided Distillation's step is not built by stages.training
     assert all(seconds > 0 for seconds in timed.values())
@@ -113,7 +113,7 @@ def test_measured_step_times_train_a_few_steps_and_write_no_run(tmp_path):
 
 def test_disk_need_is_the_disk_of_the_incomplete_runs(tmp_path):
     cfg = load_config("smoke", workspace_overrides(tmp_path))
-    plan = P.plan_tables(cfg, [4])
-    costs = P.Costs(P.gpu_type())
+    plan = C.plan_tables(cfg, [4])
+    costs = C.Costs(C.gpu_type())
     expected = sum(costs.disk(planned) for planned in plan.runs.values())
-    assert P.disk_need(cfg, [4]) == expected > 0
+    assert C.disk_need(cfg, [4]) == expected > 0

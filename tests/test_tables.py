@@ -17,12 +17,13 @@ from castlib import paper
 from castlib.__main__ import main
 from castlib.config import load_config
 from castlib.engine import fitting, stages
-from castlib.engine.logs import read_timing
-from castlib.engine.plan import plan_frame, planning, registry_step_times, training_seconds
+from castlib.engine.logs import read_timing, training_seconds
+from castlib.engine.plan import planning
 from castlib.engine.runs import runs_dir
 from castlib.errors import ConfigError
 from castlib.machine import cpu_model
-from castlib.report import ablations
+from castlib.report import jobs, paper_tables
+from castlib.report.costs import plan_frame, registry_step_times
 from castlib.report.tables import write_table
 
 VARIANTS = {
@@ -69,7 +70,7 @@ def built(cfg):
         tables, new_runs, trained_by = {}, {}, {}
         for number in (3, 4, 5, 6, 7):
             before, start = _run_folders(cfg), len(trained)
-            tables[number] = ablations.build_table(cfg, number)
+            tables[number] = paper_tables.build_table(cfg, number)
             new_runs[number] = _run_folders(cfg) - before
             trained_by[number] = trained[start:]
     finally:
@@ -80,23 +81,23 @@ def built(cfg):
 def test_missing_runs_read_not_run_and_nothing_is_trained_or_written(tmp_path):
     empty = load_config("smoke", _overrides(tmp_path))
     for number, variants in VARIANTS.items():
-        table = ablations.build_table(empty, number, train=False)
+        table = paper_tables.build_table(empty, number, train=False)
         assert list(table.variant) == variants
         reproduced = [c for c in table.attrs["display_columns"] if c != "variant" and not c.startswith("paper ")]
         for column in reproduced:
-            assert list(table[column]) == [ablations.NOT_RUN] * len(table), (number, column)
+            assert list(table[column]) == [paper_tables.NOT_RUN] * len(table), (number, column)
             assert (table[f"{column} n"] == 0).all() and (table[f"{column} seeds"] == "{}").all()
     assert not runs_dir(empty).exists() and not (tmp_path / "data").exists()
 
 
 def test_table_seeds_replace_the_seeds_of_the_tables_they_name_only(tmp_path):
     cfg = load_config("smoke", [*_overrides(tmp_path), "seeds=[0,1,2]", "table_seeds={4: [0], 8: [1, 2]}"])
-    plan = {n: ablations.build_table(cfg, n, train=False).attrs["seeds"] for n in (3, 4, 8)}
+    plan = {n: paper_tables.build_table(cfg, n, train=False).attrs["seeds"] for n in (3, 4, 8)}
     assert plan == {3: [0, 1, 2], 4: [0], 8: [1, 2]}
     for bad, problem in (("{9: [0]}", "not a table number"), ("{4: []}", "non-empty list")):
         wrong = load_config("smoke", [*_overrides(tmp_path), f"table_seeds={bad}"])
         with pytest.raises(ConfigError, match=problem) as caught:
-            ablations.build_table(wrong, 4, train=False)
+            paper_tables.build_table(wrong, 4, train=False)
         assert caught.value.key.startswith("table_seeds.")
 
 
@@ -215,7 +216,7 @@ def test_plan_lists_shared_and_complete_runs_and_trains_nothing(cfg, built, caps
     with planning() as plan:
         for number in (4, 8):
             with plan.requested_by(f"Table {number}"):
-                ablations.build_table(cfg, number, train=False)
+                paper_tables.build_table(cfg, number, train=False)
     frame = plan_frame(plan, registry_step_times(runs_dir(cfg), cfg.profile, cfg.data.dataset)).set_index("run")
     cast_runs = stages.cast(cfg, 0)
     for name in ("teacher", "student"):
@@ -286,7 +287,7 @@ def test_table_and_train_commands(cfg, built, tmp_path, capsys):
 
 def test_table_units_go_seed_by_seed_over_each_tables_own_seeds():
     mini = load_config("mini")  # table_seeds: one seed for Tables 4, 5 and 8
-    assert ablations.table_units(mini, [3, 4, 8]) == [(3, 0), (4, 0), (8, 0), (3, 1), (3, 2)]
+    assert jobs.table_units(mini, [3, 4, 8]) == [(3, 0), (4, 0), (8, 0), (3, 1), (3, 2)]
 
 
 def test_table_jobs_train_two_tables_missing_runs_in_two_processes_at_once(cfg, built, tmp_path, capsys):
@@ -296,7 +297,7 @@ def test_table_jobs_train_two_tables_missing_runs_in_two_processes_at_once(cfg, 
     overrides = [*_overrides(Path(cfg.runs_dir).parent), "train.student.iterations=3"]
     longer = load_config("smoke", overrides)
     stages.cast(longer, 0, refine=False)  # the row both tables share, so the workers' runs do not overlap
-    needed = {n: ablations.missing_runs(longer, n, 0) for n in (4, 7)}
+    needed = {n: jobs.missing_runs(longer, n, 0) for n in (4, 7)}
     assert len(needed[4]) == len(needed[7]) == 1 and not needed[4] & needed[7]
     capsys.readouterr()
     assert main(["table", "4", "7", *set_args(overrides), "--jobs", "2", "--out", str(tmp_path)]) == 0
@@ -304,7 +305,7 @@ def test_table_jobs_train_two_tables_missing_runs_in_two_processes_at_once(cfg, 
     started = [i for i, line in enumerate(lines) if line.endswith(": training 1 runs")]
     finished = [i for i, line in enumerate(lines) if line.endswith(": its runs are complete")]
     assert len(started) == len(finished) == 2 and max(started) < min(finished)  # both ran at once
-    assert not ablations.missing_runs(longer, 4, 0) and not ablations.missing_runs(longer, 7, 0)
+    assert not jobs.missing_runs(longer, 4, 0) and not jobs.missing_runs(longer, 7, 0)
     for n in (4, 7):
         assert "not run" not in (tmp_path / f"table{n}.md").read_text()
 
@@ -320,16 +321,16 @@ def test_a_table_workers_error_reaches_the_parent_as_one_line(monkeypatch):
     def broken(cfg, number, train):
         raise RunError("/runs/abc/checkpoints/last.pt", "corrupt checkpoint")
 
-    monkeypatch.setattr(ablations, "build_table", broken)
+    monkeypatch.setattr(jobs, "build_table", broken)
     with pytest.raises(CastError) as err:
-        ablations._train_unit(load_config("smoke"), 6, 1, threads=1)
+        jobs._train_unit(load_config("smoke"), 6, 1, threads=1)
     again = pickle.loads(pickle.dumps(err.value))
     assert str(again) == "/runs/abc/checkpoints/last.pt: corrupt checkpoint (Table 6, seed 1)"
 
 
 _POOL_SCRIPT = """
 import os, time
-from castlib.report.ablations import worker_pool
+from castlib.report.jobs import worker_pool
 
 if __name__ == "__main__":
     pool = worker_pool(1)

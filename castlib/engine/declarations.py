@@ -61,6 +61,11 @@ class Stage:
     batch_key: str = "train"
 
     @property
+    def trains_iterations(self) -> bool:
+        """Whether it has training iterations (theta_T^0 and pseudo-labelling have none: timed per run)."""
+        return self.iterations is not _no_iterations
+
+    @property
     def trained(self) -> bool:
         """Whether a complete run of it has trained (a complete run with no iteration is broken)."""
         return self.trains == "labelled"

@@ -1,4 +1,5 @@
-"""Training logs: a CSV of every loss term and learning rate (and TensorBoard when installed)."""
+"""Training logs: a CSV of every loss term and learning rate (and TensorBoard when installed), and what a run's
+records say it took (``timing.json``; ``run.json`` to ``complete.json``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import csv
 import io
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from castlib.io import write_text_atomic
+
+if TYPE_CHECKING:
+    from castlib.engine.runs import Run
 
 TIMING_FILE = "timing.json"  # training seconds and the iterations they cover, written with each checkpoint
 
@@ -19,6 +25,29 @@ def read_timing(run_dir: str | Path) -> dict:
     ``log.csv`` and ``metrics.json`` so that those stay identical between a resumed and an uninterrupted run."""
     path = Path(run_dir) / TIMING_FILE
     return json.loads(path.read_text()) if path.is_file() else {"iterations": 0, "seconds": 0.0}
+
+
+def logged_step_time(run: Run) -> float | None:
+    """Seconds per training iteration from a run's own ``timing.json`` (``None`` where it timed none)."""
+    timing = read_timing(run.dir)
+    return timing["seconds"] / timing["iterations"] if timing["iterations"] else None
+
+
+def training_seconds(run: Run) -> float | None:
+    """A complete training run's own training time: its logged step time times its iterations."""
+    step = logged_step_time(run)
+    if step is None or not run.complete:
+        return None
+    return step * run.metrics.get("train", {}).get("iterations", 0)
+
+
+def wall_seconds(run: Run) -> float | None:
+    """Seconds from a complete run's ``run.json`` to its ``complete.json`` (for runs that do not train)."""
+    if not run.complete:
+        return None
+    created = json.loads((run.dir / "run.json").read_text())["created"]
+    finished = json.loads((run.dir / "complete.json").read_text())["finished"]
+    return (datetime.fromisoformat(finished) - datetime.fromisoformat(created)).total_seconds()
 
 
 class TrainingLog:

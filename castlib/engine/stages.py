@@ -39,7 +39,8 @@ from castlib.engine.runs import Run
 from castlib.errors import CastError
 from castlib.io import write_json_atomic
 
-TEACHER_VARIANTS = ("finetune_only", "self_training", "self_training_contrastive")  # supplementary Table 3
+CAST_VARIANT = "self_training_contrastive"  # steps A and B with L_pxl
+TEACHER_VARIANTS = ("finetune_only", "self_training", CAST_VARIANT)  # supplementary Table 3
 
 # The config keys each stage reads (castlib.engine.declarations.Stage): they alone enter its run id, so a student
 # ablation reuses the teacher runs. A section is listed whole (a key added to it later is hashed too); ``leaves_out``
@@ -117,12 +118,12 @@ def teacher_self_training(cfg: Config, init: Run, labels: Run, contrastive: bool
     return _teacher_training(cfg, "teacher_self_training", init, labels, contrastive, seed)
 
 
-def teacher_adaptation(cfg: Config, variant: str = "self_training_contrastive", seed: int | None = None) -> Run:
+def teacher_adaptation(cfg: Config, variant: str = CAST_VARIANT, seed: int | None = None) -> Run:
     """The adapted teacher of a supplementary Table 3 variant: ``finetune_only`` (step A without L_pxl),
     ``self_training`` (A, pseudo-labels, B; without L_pxl) or ``self_training_contrastive`` (CAST)."""
     if variant not in TEACHER_VARIANTS:
         raise ValueError(f"unknown teacher variant {variant!r}; use one of {TEACHER_VARIANTS}")
-    contrastive = variant == "self_training_contrastive"
+    contrastive = variant == CAST_VARIANT
     init = teacher_init(cfg, seed)
     adapted = teacher_finetune(cfg, init, contrastive, seed)
     if variant == "finetune_only":
@@ -239,7 +240,7 @@ def student_under(cfg: Config, teacher: Run, seed: int | None = None, refine: bo
     return runs | ({"refined": student_refinement(cfg, student, seed)} if refine else {})
 
 
-def cast(cfg: Config, seed: int | None = None, variant: str = "self_training_contrastive",
+def cast(cfg: Config, seed: int | None = None, variant: str = CAST_VARIANT,
          refine: bool = True) -> dict[str, Run]:
     """The whole pipeline of Fig. 1 for one seed; returns the runs by name. ``refine=False`` stops at the
     distilled student theta_s* (what supplementary Tables 4-7 report), training no refinement."""
@@ -255,7 +256,7 @@ TRAIN_TARGETS = ("teacher_init", "teacher_finetune", "teacher_adaptation", "teac
                  "supervised_student")
 
 
-def train_to(cfg: Config, target: str, *, variant: str = "self_training_contrastive", seed: int | None = None,
+def train_to(cfg: Config, target: str, *, variant: str = CAST_VARIANT, seed: int | None = None,
              zero_shot: bool = False, contrastive: bool = True) -> dict[str, Run]:
     """Train ``target`` (one of :data:`TRAIN_TARGETS`) and the runs it consumes, never past it (``pseudo_labels``
     trains no student); complete runs are reused. ``variant``: the teacher of supplementary Table 3;
@@ -265,7 +266,8 @@ def train_to(cfg: Config, target: str, *, variant: str = "self_training_contrast
     if zero_shot and target not in STUDENT_TARGETS:
         raise CastError(f"--teacher zero_shot applies to the student stages {STUDENT_TARGETS}, not {target}")
     if target == "teacher_self_training" and variant == "finetune_only":
-        raise CastError("--stage teacher_self_training needs --variant self_training or self_training_contrastive")
+        raise CastError("--stage teacher_self_training needs --variant "
+                        f"{' or '.join(v for v in TEACHER_VARIANTS if v != 'finetune_only')}")
     if target == "teacher_init":
         return {"teacher_init": teacher_init(cfg, seed)}
     if target == "supervised_student":

@@ -67,7 +67,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"{device.type}:{_cpu_name()}"
@@ -173,7 +173,7 @@ def measure_efficiency(
         fps=batch_size / latency,
         peak_memory_mb=None if memory.peak is None else memory.peak / MB,
         weights_mb=weights / MB,
-        device=_device_name(device),
+        device=device_name(device),
         dtype=str(dtype).removeprefix("torch."),
         input_size=(height, width),
         batch_size=batch_size,

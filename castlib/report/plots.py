@@ -331,7 +331,7 @@ def efficiency_figure(table: pd.DataFrame, data: Config | str | None = None):
 def label_fraction_figure(table: pd.DataFrame, data: Config | str | None = None):
     """Supplementary Table 8 as curves: maskAP against the labelled fraction per method, reproduced (solid,
     mean over seeds, where run) and the paper's (dashed); columns ``"N% labels"`` of
-    :func:`castlib.report.ablations.table8`. The data: ``data``, else the table's (``attrs``)."""
+    :func:`castlib.report.paper_tables.table8`. The data: ``data``, else the table's (``attrs``)."""
     columns = [c for c in table.columns if c.endswith("% labels") and not c.startswith("paper ")]
     fractions = [float(c.split("%")[0]) for c in columns]
     fig, ax = new_figure(figsize=(5, 3.2))

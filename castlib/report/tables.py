@@ -84,7 +84,7 @@ def provenance(table: pd.DataFrame) -> dict[str, str]:
 def write_table(table: pd.DataFrame, stem: str | Path, caption: str = "") -> tuple[Path, Path]:
     """``stem.csv`` and ``stem.md`` (with an optional caption line), both atomic.
 
-    A table from :mod:`castlib.report.ablations` also carries its caption, notes and provenance in
+    A table from :mod:`castlib.report.paper_tables` also carries its caption, notes and provenance in
     ``table.attrs``: the csv then starts with ``# key: value`` lines (``pandas.read_csv(path, comment="#")``),
     and the markdown shows the display columns, the notes, the provenance and the run ids of each row."""
     stem = Path(stem)
@@ -113,7 +113,7 @@ def write_table(table: pd.DataFrame, stem: str | Path, caption: str = "") -> tup
 
 def publish_table(table: pd.DataFrame, tables_dir: str | Path, records: str | Path | None = None,
                   export: bool = True) -> tuple[Path, Path]:
-    """Write a table built by :mod:`castlib.report.ablations` as ``tables_dir/table<number>.{csv,md}`` (main
+    """Write a table built by :mod:`castlib.report.paper_tables` as ``tables_dir/table<number>.{csv,md}`` (main
     Table 3: ``main_table3.{csv,md}``) and export
     the records of every run behind it (:func:`castlib.engine.runs.export_records`) to ``records`` (default
     ``records/`` beside ``tables_dir``), so the committed table ships what it was read from. A table read from

@@ -16,7 +16,7 @@ from castlib.data.datasets import InstanceDataset
 from castlib.engine.runs import Run
 from castlib.engine.stages import cast
 from castlib.errors import CastError
-from castlib.report.ablations import with_label_fraction, with_student_contrastive
+from castlib.report.paper_tables import with_label_fraction, with_student_contrastive
 from castlib.report.plots import contrastive_diagnostics, read_log, show_figure, show_samples, training_curves
 
 # Labels shown in full at the default width (ipywidgets cuts a description at about 80 px otherwise).
