@@ -105,7 +105,7 @@ def test_measured_step_times_train_a_few_steps_and_write_no_run(tmp_path):
     keys = {"student_refinement/dinov2_s", "teacher_self_training", "guided_distillation/resnet50"}
     timed = C.measure_step_times(cfg, 1, keys)
     assert set(timed) == {"student_refinement/dinov2_s", "teacher_self_training", "inference/student/dinov2_s",
-                          "inference/teacher"}  # Guided Distillation's step is not built by stages.training
+                          "inference/teacher"}  # Guided Distillation's step is not built by cast_training
     assert all(seconds > 0 for seconds in timed.values())
     assert not runs_dir(cfg).exists()
     assert torch.is_grad_enabled()

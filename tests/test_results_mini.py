@@ -1,6 +1,6 @@
 """The committed mini tables that issue 31 rebuilt (Tables 6 and 7 at 3 seeds, 4 and 5 at seed 0) equal the records
-they name: every cell's per-seed value is the `metrics.json` value of its run's committed record, its mean and seed count follow from
-them, and every run behind a row has a record (stand-ins included)."""
+they name: every cell's per-seed value is the `metrics.json` value of its run's committed record, its mean and seed
+count follow from them, and every run behind a row has a record (stand-ins included)."""
 
 from __future__ import annotations
 
