@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from castlib import distributed as D
+from castlib import paper
 from castlib.config import Config
 from castlib.data.loaders import build_dataset, read_split_ids
 from castlib.data.transforms import EvalView
@@ -39,8 +40,10 @@ from castlib.engine.runs import Run
 from castlib.errors import CastError
 from castlib.io import write_json_atomic
 
-CAST_VARIANT = "self_training_contrastive"  # steps A and B with L_pxl
-TEACHER_VARIANTS = ("finetune_only", "self_training", CAST_VARIANT)  # supplementary Table 3
+# The teacher adaptation variants, supplementary Table 3's rows: finetune_only (step A without L_pxl),
+# self_training (A and B without L_pxl) and CAST's (A and B with L_pxl), the last.
+TEACHER_VARIANTS = tuple(paper.TABLE3_TEACHER_ADAPTATION)
+CAST_VARIANT = TEACHER_VARIANTS[-1]
 
 # The config keys each stage reads (castlib.engine.declarations.Stage): they alone enter its run id, so a student
 # ablation reuses the teacher runs. A section is listed whole (a key added to it later is hashed too); ``leaves_out``
