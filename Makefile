@@ -26,7 +26,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 # smoke writes the committed results/{tables,figures}; another profile its own folder (results/mini/...)
 RESULTS ?= $(if $(filter smoke,$(PROFILE)),results,results/$(PROFILE))
 
-.PHONY: setup test test-slow test-all test-browser reproduce bench gpu-check lint notebooks notebook-filter clean
+.PHONY: setup test test-unit test-integration test-notebooks test-gpu test-slow test-all test-browser reproduce bench gpu-check lint notebooks notebook-filter clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,9 +37,25 @@ $(STAMP): pyproject.toml
 ## setup: create .venv and install castlib with its pinned dependencies (skipped when done)
 setup: $(STAMP)
 
-## test: the test suite, notebooks included (papermill, smoke profile); slow tests excluded
+## test: the test suite but the slow, gpu and browser tiers: unit, integration and notebooks (tests/README.md)
 test: setup
-	$(PY) -m pytest -q -m "not slow" --durations=25
+	$(PY) -m pytest -q -m "not slow and not gpu and not browser" --durations=25
+
+## test-unit: the unit tier, no training (under 2 minutes on 2 cores)
+test-unit: setup
+	$(PY) -m pytest -q -m unit --durations=10
+
+## test-integration: the integration tier: short trainings of the smoke stages, torchrun, whole models run
+test-integration: setup
+	$(PY) -m pytest -q -m integration --durations=25
+
+## test-notebooks: the notebooks executed headless by papermill on the smoke profile
+test-notebooks: setup
+	$(PY) -m pytest -q -m notebooks --durations=10
+
+## test-gpu: the gpu tier (CUDA-only tests; skipped without a CUDA device)
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu -rs
 
 ## test-slow: the slow reliability tests (kill `make reproduce` and rerun; a smoke run twice, bit-identical)
 test-slow: setup
