@@ -312,9 +312,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from castlib.baselines.guided_distillation import guided_distillation
-    from castlib.engine.stages import CAST_VARIANT, TEACHER_VARIANTS, TRAIN_TARGETS
-
     parser = argparse.ArgumentParser(prog="python -m castlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -340,11 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("train", help="train a CAST stage (and the runs it consumes); complete runs are reused")
     add_config_arguments(p)
-    p.add_argument("--stage", required=True, choices=[*TRAIN_TARGETS, guided_distillation.__name__])
+    p.add_argument("--stage", required=True,
+                   help="a CAST stage or chain (castlib.engine.stages.TRAIN_TARGETS: teacher_init ... cast, "
+                        "supervised_student) or guided_distillation; an unknown one is an error listing them")
     p.add_argument("--backbone", help="baseline stages: a model.backbones entry (default: model.baseline_backbone)")
     p.add_argument("--fraction", type=finite_float, help="baseline stages: one of data.label_fractions "
                                                    "(default: data.label_fraction)")
-    p.add_argument("--variant", default=CAST_VARIANT, choices=TEACHER_VARIANTS,
+    p.add_argument("--variant", default=paper.CAST_TEACHER_VARIANT, choices=paper.TEACHER_VARIANTS,
                    help="teacher adaptation variant (supplementary Table 3)")
     p.add_argument("--no-contrastive", action="store_true", help="teacher_finetune without L_pxl")
     p.add_argument("--teacher", choices=["adapted", "zero_shot"], default="adapted",

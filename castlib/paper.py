@@ -26,6 +26,10 @@ TABLE3_TEACHER_ADAPTATION = {
     "self_training": {"teacher_ap": 29.7, "student_ap": 32.2, "delta_vs_sota": 1.5},
     "self_training_contrastive": {"teacher_ap": 30.5, "student_ap": 33.9, "delta_vs_sota": 3.1},
 }
+# The teacher adaptation variants, Table 3's rows: finetune_only (step A without L_pxl), self_training (A and B
+# without L_pxl) and CAST's (A and B with L_pxl), the last.
+TEACHER_VARIANTS = tuple(TABLE3_TEACHER_ADAPTATION)
+CAST_TEACHER_VARIANT = TEACHER_VARIANTS[-1]
 
 # Supplementary Table 4: loss variant (maskAP, maskAP50).
 TABLE4_LOSS_VARIANT = {

@@ -163,11 +163,11 @@ def _read_by_castlib(root, monkeypatch) -> set[str]:
     from castlib.data.loaders import synthetic_spec
     from castlib.doctor import weights
     from castlib.engine import stages
-    from castlib.report.costs import plan_tables
     from castlib.engine.pretrain import source_config
     from castlib.eval.efficiency import teacher_vs_student
     from castlib.eval.evaluate import eval_options
     from castlib.models import build_model
+    from castlib.report.costs import plan_tables
 
     recorder = ReadRecorder()
     recorder.patch(monkeypatch)

@@ -40,10 +40,8 @@ from castlib.engine.runs import Run
 from castlib.errors import CastError
 from castlib.io import write_json_atomic
 
-# The teacher adaptation variants, supplementary Table 3's rows: finetune_only (step A without L_pxl),
-# self_training (A and B without L_pxl) and CAST's (A and B with L_pxl), the last.
-TEACHER_VARIANTS = tuple(paper.TABLE3_TEACHER_ADAPTATION)
-CAST_VARIANT = TEACHER_VARIANTS[-1]
+TEACHER_VARIANTS = paper.TEACHER_VARIANTS  # supplementary Table 3's rows
+CAST_VARIANT = paper.CAST_TEACHER_VARIANT  # steps A and B with L_pxl
 
 # The config keys each stage reads (castlib.engine.declarations.Stage): they alone enter its run id, so a student
 # ablation reuses the teacher runs. A section is listed whole (a key added to it later is hashed too); ``leaves_out``
@@ -265,7 +263,8 @@ def train_to(cfg: Config, target: str, *, variant: str = CAST_VARIANT, seed: int
     trains no student); complete runs are reused. ``variant``: the teacher of supplementary Table 3;
     ``zero_shot``: the student stages under theta_T^0 (Table 6, T1); ``contrastive=False``: step A without L_pxl."""
     if target not in TRAIN_TARGETS:
-        raise CastError(f"no train target {target!r}; use one of {', '.join(TRAIN_TARGETS)}")
+        raise CastError(f"--stage {target}: not a train target; use one of {', '.join(TRAIN_TARGETS)} (or "
+                        "guided_distillation)")
     if zero_shot and target not in STUDENT_TARGETS:
         raise CastError(f"--teacher zero_shot applies to the student stages {STUDENT_TARGETS}, not {target}")
     if target == "teacher_self_training" and variant == "finetune_only":
