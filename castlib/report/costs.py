@@ -433,7 +433,7 @@ def _synchronize(device: torch.device) -> None:
 def measurement_problem(cfg: Config, gpu: str | None) -> str | None:
     """Why steps cannot be timed for ``gpu`` here (None when they can): the paper profile on the CPU, or a
     device that is not the GPU type asked for."""
-    from castlib.engine.distributed import resolve_device
+    from castlib.distributed import resolve_device
     from castlib.eval.efficiency import device_name
 
     device = resolve_device(cfg.device)
@@ -496,7 +496,7 @@ def measure_step_times(cfg: Config, steps: int = 3, needed: Iterable[str] = ()) 
     :func:`timing_key` is in ``needed`` and that :func:`stage_training` builds, and one image's inference at the
     evaluation size of each model those stages train (``inference/<which>[/<backbone>]``, median of ``steps``).
     Nothing is written but the dataset."""
-    from castlib.engine import distributed as D
+    from castlib import distributed as D
     from castlib.eval.efficiency import measure_efficiency
 
     timed: dict[str, float] = {}
