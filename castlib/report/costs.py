@@ -255,16 +255,20 @@ class RunCost:
     disk: int
 
 
+# Parameter counts and per-image FLOPs of the shape-only models, by architecture and image sizes (Costs._model).
+MODEL_COSTS: dict[str, dict] = {}
+
+
 class Costs:
     """Seconds and bytes of planned runs. A step time (per stage, :func:`timing_key`) or a run time (teacher_init,
     pseudo_labels) logged by complete runs, or measured by :func:`measure_step_times`, is ``measured``; what is
     not is ``estimated`` from the model's FLOPs (:func:`castlib.eval.efficiency.count_flops`) on ``gpu``. The
     models are built shape-only from each run's config with random weights (``model.pretrained=false``: no
-    weights needed); their FLOPs and sizes are kept for this object's life only."""
+    weights needed); their FLOPs and sizes, a function of the architecture and the image sizes alone, are kept for
+    the process (:data:`MODEL_COSTS`), so a second plan counts none again."""
 
     def __init__(self, gpu: Gpu, measured: dict[str, float] | None = None):
         self.gpu, self.measured = gpu, dict(measured or {})
-        self._models: dict[str, dict] = {}
         self._encoded: dict[tuple, tuple[int, int, int]] = {}
 
     def _model(self, cfg: Config, which: str, flops: bool) -> dict:
@@ -275,11 +279,11 @@ class Costs:
         size = _resized(image_counts(cfg).size, cfg.augment.eval_short_side)
         key = json.dumps([which, cfg.data.dataset, list(cfg.augment.crop), size, _model_spec(cfg, which)],
                          sort_keys=True)
-        entry = self._models.get(key)
+        entry = MODEL_COSTS.get(key)
         if entry is None:
             classes = len(CLASS_LISTS[cfg.data.dataset])
             model = shape_only(lambda: build_model(cfg, which, classes, pretrained=False))
-            entry = self._models[key] = {"model": model, **parameter_counts(model)}
+            entry = MODEL_COSTS[key] = {"model": model, **parameter_counts(model)}
         if flops and "train" not in entry:
             entry["train"] = count_flops(entry["model"], cfg.augment.crop)
             entry["inference"] = count_flops(entry["model"], size, backward=False, encode=False).forward
