@@ -66,8 +66,9 @@ def _free_port() -> int:
 
 @contextmanager
 def jupyter_lab(root: Path, home: Path, timeout: float = 180):
-    """A JupyterLab server on 127.0.0.1 serving ``root``, its settings, workspaces and runtime files under
-    ``home``; its kernels import this checkout's castlib (``PYTHONPATH``). Yields the lab's URL (with token)."""
+    """A JupyterLab server on 127.0.0.1 serving ``root``, its settings, workspaces, runtime files and Save's
+    checkpoints under ``home``; its kernels import this checkout's castlib (``PYTHONPATH``). Yields the lab's URL
+    (with token)."""
     port, token = _free_port(), secrets.token_hex(16)
     for name, value in SETTINGS.items():
         path = home / "settings" / name
@@ -80,7 +81,11 @@ def jupyter_lab(root: Path, home: Path, timeout: float = 180):
     log = open(home / "lab.log", "w")  # noqa: SIM115 (closed below)
     server = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
                                f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-                               "--ServerApp.port_retries=0", *(["--allow-root"] if os.geteuid() == 0 else [])],
+                               "--ServerApp.port_retries=0",
+                               # Save's checkpoint copy goes under home, not into .ipynb_checkpoints/ beside the
+                               # notebook in the checkout (an absolute checkpoint_dir is used as it is)
+                               f"--FileCheckpoints.checkpoint_dir={home / 'checkpoints'}",
+                               *(["--allow-root"] if os.geteuid() == 0 else [])],
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -195,6 +195,10 @@ def test_the_committed_notebook_run_in_the_lab_writes_nothing_new_outside_result
         assert paired.read_bytes() == kept[paired]
         new = {line for line in git_status() - before if not line[3:].startswith("results/")}
         assert new <= {f" M {path.relative_to(REPO_ROOT)}"}, new
+        # git ignores .ipynb_checkpoints/, so git status cannot see a checkpoint the lab's Save left in the checkout
+        left = [str(p.relative_to(REPO_ROOT)) for p in REPO_ROOT.rglob(".ipynb_checkpoints")
+                if p.relative_to(REPO_ROOT).parts[0] not in (".venv", "results")]
+        assert not left, f"the lab left checkpoints in the checkout: {left}"
         assert not (NOTEBOOK_DIR / "results").exists()
     finally:
         for p, content in kept.items():
